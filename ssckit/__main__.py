@@ -1,0 +1,5 @@
+import sys
+
+from ssckit.cli import main
+
+sys.exit(main())
