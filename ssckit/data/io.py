@@ -172,6 +172,8 @@ def _read_table(path: PathLike, cols: int, what: str) -> np.ndarray:
         text = Path(path).read_text()
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot read {what} table ({e})") from None
     rows = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
