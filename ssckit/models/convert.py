@@ -1,0 +1,132 @@
+"""Official Symphonies checkpoint keys -> ssckit module keys (encoder part).
+
+The official model (``hustvl/Symphonies``) names its image encoder ``encoder.model.backbone.*`` (mmdet ResNet-50),
+``encoder.model.panoptic_head.pixel_decoder.*`` (mmdet MaskDINO encoder), ``encoder.query_embed``,
+``encoder.pts_embed`` and ``encoder.out_projs.*``. :func:`map_official_encoder_key` maps them onto
+:class:`ssckit.models.backbones.SymphoniesEncoder`; the decoder part is left to a later converter. The MaskDINO
+COCO checkpoint that Symphonies starts from uses the same names without the ``encoder.model.`` prefix
+(:func:`maskdino_to_official`).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ssckit.errors import DataError, SsckitError
+
+_PD = "encoder.model.panoptic_head.pixel_decoder."
+
+# (official regex, ssckit template); the first full match wins.
+_ENCODER_RULES: tuple[tuple[str, str], ...] = (
+    # frozen BN has no batch counter (timm/torchvision FrozenBatchNorm2d); it is meaningless for frozen statistics
+    (r"encoder\.model\.backbone\..*num_batches_tracked", ""),
+    (r"encoder\.model\.backbone\.(.+)", r"backbone.body.\1"),
+    (re.escape(_PD) + r"input_proj\.(\d+)\.([01])\.(weight|bias)", r"pixel_decoder.input_proj.\1.\2.\3"),
+    (re.escape(_PD) + r"transformer\.level_embed", r"pixel_decoder.level_embed"),
+    (re.escape(_PD) + r"transformer\.encoder\.layers\.(\d+)\.self_attn\.(.+)", r"pixel_decoder.layers.\1.attn.\2"),
+    (re.escape(_PD) + r"transformer\.encoder\.layers\.(\d+)\.norms\.0\.(.+)", r"pixel_decoder.layers.\1.norm1.\2"),
+    (re.escape(_PD) + r"transformer\.encoder\.layers\.(\d+)\.norms\.1\.(.+)", r"pixel_decoder.layers.\1.norm2.\2"),
+    (re.escape(_PD) + r"transformer\.encoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.(.+)",
+     r"pixel_decoder.layers.\1.ffn.0.\2"),
+    (re.escape(_PD) + r"transformer\.encoder\.layers\.(\d+)\.ffn\.layers\.1\.(.+)",
+     r"pixel_decoder.layers.\1.ffn.3.\2"),
+    (re.escape(_PD) + r"adapter_1\.conv\.(.+)", r"pixel_decoder.fpn_lateral.0.\1"),
+    (re.escape(_PD) + r"adapter_1\.gn\.(.+)", r"pixel_decoder.fpn_lateral.1.\1"),
+    (re.escape(_PD) + r"layer_1\.conv\.(.+)", r"pixel_decoder.fpn_output.0.\1"),
+    (re.escape(_PD) + r"layer_1\.gn\.(.+)", r"pixel_decoder.fpn_output.1.\1"),
+    (re.escape(_PD) + r"mask_features\.(.+)", r"pixel_decoder.mask_features.\1"),
+    # MaskDINO training criterion's class weights and the deleted transformer decoder ("predictor")
+    (r"encoder\.model\.panoptic_head\.criterion\..+", ""),
+    (r"encoder\.model\.panoptic_head\.predictor\..+", ""),
+    (r"encoder\.query_embed\.weight", "query_embed.weight"),
+    (r"encoder\.pts_embed\.weight", "pts_embed.weight"),
+    (r"encoder\.out_projs\.(\d+)\.([013])\.(.+)", r"out_projs.\1.\2.\3"),
+)
+_COMPILED = tuple((re.compile(pat), repl) for pat, repl in _ENCODER_RULES)
+
+# Targets that exist only when the pixel decoder is built with ``build_unused=True`` (FPN step, mask features).
+OPTIONAL_ENCODER_PREFIXES = ("pixel_decoder.fpn_lateral.", "pixel_decoder.fpn_output.", "pixel_decoder.mask_features.")
+
+
+def map_official_encoder_key(key: str) -> str | None:
+    """Official ``encoder.*`` key -> SymphoniesEncoder key, or None for a deliberately dropped one.
+
+    Raises KeyError for a key this mapping does not know (so a loader can fail loudly).
+    """
+    for pattern, repl in _COMPILED:
+        if pattern.fullmatch(key):
+            return pattern.sub(repl, key) or None
+    raise KeyError(f"no ssckit mapping for official encoder key {key!r}")
+
+
+def maskdino_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keys of the MaskDINO COCO checkpoint (``backbone.*``, ``panoptic_head.*``) -> official ``encoder.model.*``."""
+    return {f"encoder.model.{k}": v for k, v in state_dict.items()}
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a local checkpoint file: a raw state dict, or one under ``state_dict``/``model`` (Lightning adds the
+    prefix ``model.`` to every key of the official model; it is removed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error naming the file
+        raise DataError(path, f"cannot read as a torch checkpoint ({e})") from e
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise DataError(path, "expected a state dict (a mapping of names to tensors)")
+    if obj and all(k.startswith("model.") for k in obj):
+        obj = {k.removeprefix("model."): v for k, v in obj.items()}
+    return dict(obj)
+
+
+def load_official_encoder_state(module: nn.Module, official_sd: Mapping[str, Tensor],
+                                allow_missing: bool = False) -> list[str]:
+    """Copy the ``encoder.*`` entries of an official state dict into a SymphoniesEncoder ``module``.
+
+    Keys outside ``encoder.`` (the decoder) are ignored. Fails with :class:`SsckitError` on an ``encoder.`` key
+    without a mapping, a mapped key the module lacks (except the unused FPN/mask-feature parts when the module was
+    built without them), a shape mismatch, nothing to load, or, unless ``allow_missing``, module entries left
+    unfilled (BN batch counters excepted). Returns the module keys that were not filled.
+    """
+    own = module.state_dict()
+    mapped: dict[str, Tensor] = {}
+    problems: list[str] = []
+    for key, val in official_sd.items():
+        if not key.startswith("encoder."):
+            continue
+        try:
+            target = map_official_encoder_key(key)
+        except KeyError:
+            problems.append(f"unmapped {key}")
+            continue
+        if target is None:
+            continue
+        if target not in own:
+            if not target.startswith(OPTIONAL_ENCODER_PREFIXES):
+                problems.append(f"{key} -> {target}: not in the module")
+            continue
+        if own[target].shape != val.shape:
+            problems.append(f"{key} -> {target}: shape {tuple(val.shape)} vs module {tuple(own[target].shape)}")
+            continue
+        mapped[target] = val
+    missing = [k for k in own if k not in mapped]
+    if not allow_missing:
+        problems += [f"missing {k}" for k in missing if not k.endswith("num_batches_tracked")]
+    if not problems and not mapped:
+        problems.append("no encoder.* entry to load (wrong key prefix?)")
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; ... ({len(problems)} problems)" if len(problems) > 6 else "")
+        raise SsckitError(f"official encoder state does not fit the module: {shown}")
+    result = module.load_state_dict(mapped, strict=False)
+    if result.unexpected_keys:  # cannot happen after the checks above; guard against silent partial loads
+        raise SsckitError(f"unexpected keys while loading the encoder: {result.unexpected_keys[:6]}")
+    return missing
