@@ -12,6 +12,8 @@ import sys
 
 # The only registry of commands: name -> module.
 COMMANDS: dict[str, str] = {
+    "evaluate": "ssckit.commands.evaluate",
+    "validate-submission": "ssckit.commands.validate_submission",
 }
 
 
