@@ -12,6 +12,7 @@ import sys
 
 # The only registry of commands: name -> module.
 COMMANDS: dict[str, str] = {
+    "preprocess": "ssckit.commands.preprocess",
     "evaluate": "ssckit.commands.evaluate",
     "validate-submission": "ssckit.commands.validate_submission",
 }
