@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "preprocess": "ssckit.commands.preprocess",
     "evaluate": "ssckit.commands.evaluate",
     "validate-submission": "ssckit.commands.validate_submission",
+    "convert-checkpoint": "ssckit.commands.convert_checkpoint",
 }
 
 

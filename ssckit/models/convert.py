@@ -1,10 +1,10 @@
-"""Official Symphonies checkpoint keys -> ssckit module keys (encoder part).
+"""Official Symphonies checkpoint keys -> ssckit module keys.
 
 The official model (``hustvl/Symphonies``) names its image encoder ``encoder.model.backbone.*`` (mmdet ResNet-50),
 ``encoder.model.panoptic_head.pixel_decoder.*`` (mmdet MaskDINO encoder), ``encoder.query_embed``,
 ``encoder.pts_embed`` and ``encoder.out_projs.*``. :func:`map_official_encoder_key` maps them onto
-:class:`ssckit.models.backbones.SymphoniesEncoder`; the decoder part is left to a later converter. The MaskDINO
-COCO checkpoint that Symphonies starts from uses the same names without the ``encoder.model.`` prefix
+:class:`ssckit.models.backbones.SymphoniesEncoder`; :func:`convert_official_symphonies` converts a whole model.
+The MaskDINO COCO checkpoint that Symphonies starts from uses the same names without the ``encoder.model.`` prefix
 (:func:`maskdino_to_official`).
 """
 from __future__ import annotations
@@ -68,16 +68,25 @@ def maskdino_to_official(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {f"encoder.model.{k}": v for k, v in state_dict.items()}
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, Tensor]:
     """Read a local checkpoint file: a raw state dict, or one under ``state_dict``/``model`` (Lightning adds the
-    prefix ``model.`` to every key of the official model; it is removed)."""
+    prefix ``model.`` to every key of the official model; it is removed).
+
+    Files are read with ``weights_only=True``. Official Lightning checkpoints also pickle their hyper-parameters;
+    ``allow_pickle`` retries such a file with full unpickling (only for files you trust).
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "checkpoint not found")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is a user error naming the file
-        raise DataError(path, f"cannot read as a torch checkpoint ({e})") from e
+        if not allow_pickle:
+            raise DataError(path, f"cannot read as a torch checkpoint ({str(e).splitlines()[0]})") from e
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e2:  # noqa: BLE001
+            raise DataError(path, f"cannot read as a torch checkpoint ({str(e2).splitlines()[0]})") from e2
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -130,3 +139,47 @@ def load_official_encoder_state(module: nn.Module, official_sd: Mapping[str, Ten
     if result.unexpected_keys:  # cannot happen after the checks above; guard against silent partial loads
         raise SsckitError(f"unexpected keys while loading the encoder: {result.unexpected_keys[:6]}")
     return missing
+
+
+def convert_official_symphonies(official_sd: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Whole official Symphonies state dict (``encoder.*`` + ``decoder.*``, ``model.`` prefix removed) -> a state
+    dict that loads strictly into ``model`` (:class:`ssckit.models.segmentors.symphonies.Symphonies`).
+
+    Fails with :class:`SsckitError` listing every key that has no mapping, maps to nothing in ``model``, has a
+    different shape, or leaves a model entry unfilled.
+    """
+    from ssckit.models.decoders.symphonies import OFFICIAL_DERIVED_BUFFERS, official_decoder_key
+
+    own = model.state_dict()
+    out: dict[str, Tensor] = {}
+    problems: list[str] = []
+    for key, val in official_sd.items():
+        if key.startswith("encoder."):
+            try:
+                target = map_official_encoder_key(key)
+            except KeyError:
+                problems.append(f"unmapped {key}")
+                continue
+            if target is None:
+                continue
+            if target.startswith(OPTIONAL_ENCODER_PREFIXES) and "encoder." + target not in own:
+                continue  # never-used FPN step, not built (build_unused=False)
+            target = "encoder." + target
+        elif key.startswith("decoder."):
+            if key.removeprefix("decoder.") in OFFICIAL_DERIVED_BUFFERS:
+                continue
+            target = "decoder." + official_decoder_key(key)
+        else:
+            problems.append(f"unmapped {key}")
+            continue
+        if target not in own:
+            problems.append(f"{key} -> {target}: not in the ssckit model")
+        elif own[target].shape != val.shape:
+            problems.append(f"{key} -> {target}: shape {tuple(val.shape)} vs {tuple(own[target].shape)}")
+        else:
+            out[target] = val
+    problems += [f"missing {k}" for k in own if k not in out and not k.endswith("num_batches_tracked")]
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... ({len(problems)} problems)" if len(problems) > 20 else "")
+        raise SsckitError(f"checkpoint does not match the Symphonies model:\n  {shown}")
+    return out
