@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "evaluate": "ssckit.commands.evaluate",
     "validate-submission": "ssckit.commands.validate_submission",
     "convert-checkpoint": "ssckit.commands.convert_checkpoint",
+    "info": "ssckit.commands.info",
+    "benchmark": "ssckit.commands.benchmark",
 }
 
 
@@ -51,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"ssckit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `ssckit info ... | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"ssckit {args.command}: interrupted", file=sys.stderr)
         return 130
