@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "validate-submission": "ssckit.commands.validate_submission",
     "convert-checkpoint": "ssckit.commands.convert_checkpoint",
     "info": "ssckit.commands.info",
+    "cache-teacher": "ssckit.commands.cache_teacher",
     "benchmark": "ssckit.commands.benchmark",
 }
 
