@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "evaluate": "ssckit.commands.evaluate",
     "validate-submission": "ssckit.commands.validate_submission",
     "convert-checkpoint": "ssckit.commands.convert_checkpoint",
+    "render": "ssckit.commands.render",
     "info": "ssckit.commands.info",
     "cache-teacher": "ssckit.commands.cache_teacher",
     "benchmark": "ssckit.commands.benchmark",
