@@ -13,18 +13,23 @@ Conventions: ``indices`` (N, 4) int32 rows (b, x, y, z); ``spatial_shape`` (X, Y
 dense grids are (B, C, X, Y, Z). Weights use the spconv 2.x layout (out, k0, k1, k2, in), kernel axes following
 (x, y, z), so official checkpoints load unchanged.
 
-Rulebooks are shared by ``indice_key`` in a dict that every tensor derived from one input refers to (spconv 1.x
-semantics, what the official Cylinder3D-style blocks rely on). A submanifold conv that finds a rulebook made by a
-conv of a *different* kernel shape reuses it when ``reuse_mismatched_pairs`` is set: its weight, flattened to
-kernel-volume order, is applied through the first conv's offsets, i.e. it acts as a conv of the first conv's
-kernel shape whose weight is ``weight.reshape(out, *first_kernel, in)``.
+Rulebooks are looked up by ``indice_key`` in a dict carried by the tensor, with either of spconv's semantics:
+- copied (``shared_rules=False``, spconv 2.x, the default): every conv output gets a copy of its input's dict
+  plus its own new entry, so sibling branches that start from the same tensor never see each other's rulebooks;
+- shared (``shared_rules=True``, spconv 1.x): one dict for everything derived from the input, so the first conv
+  (in execution order) under a key defines that key's rulebook for all later convs.
+A submanifold conv that finds a rulebook of a *different* kernel shape with the same kernel volume reuses it
+(spconv 1.x behaviour; only reachable with shared rules in the official blocks): its weight, flattened to
+kernel-volume order, is applied through the first conv's offsets, i.e. it acts as a conv of the first conv's kernel
+shape with weight ``weight.reshape(out, *first_kernel, in)``.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +59,6 @@ def _load_spconv() -> Optional[dict[str, Any]]:
         try:
             import spconv.pytorch  # noqa: F401
             import spconv.pytorch.cppcore as cppcore
-            import spconv.pytorch.functional as fsp
             import spconv.pytorch.ops as ops
             from spconv.core import ConvAlgo
         except Exception:  # noqa: BLE001 - any import failure means "not available"
@@ -63,8 +67,53 @@ def _load_spconv() -> Optional[dict[str, Any]]:
             if not torch.cuda.is_available():
                 ops.get_current_stream = lambda: 0
                 cppcore.get_current_stream = lambda: 0
-            _SPCONV = {"ops": ops, "fsp": fsp, "algo": ConvAlgo.Native}
+            _SPCONV = {"ops": ops, "algo": ConvAlgo.Native}
     return _SPCONV or None
+
+
+@contextlib.contextmanager
+def _spconv_guard(t: Tensor) -> Iterator[None]:
+    """spconv's multi-threaded CPU kernels race (2.3.8: errors of ~7 % of max|y| with 2 threads), so CPU calls
+    run with one intra-op thread; CUDA calls are left alone."""
+    if t.is_cuda or torch.get_num_threads() == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class _SpconvNativeConv(torch.autograd.Function):
+    """spconv's native gather-GEMM-scatter conv (subm / regular / inverse), with both passes thread-guarded."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, pairs: Tensor, pair_num: Tensor, num_out: int,
+                inverse: bool, subm: bool) -> Tensor:
+        sp = _load_spconv()
+        ctx.save_for_backward(features, weight, pairs, pair_num)
+        ctx.flags = (inverse, subm)
+        with _spconv_guard(features):
+            return sp["ops"].indice_conv(features, weight, pairs, pair_num, num_out, inverse, subm,
+                                         algo=sp["algo"])
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        sp = _load_spconv()
+        features, weight, pairs, pair_num = ctx.saved_tensors
+        with _spconv_guard(features):
+            g_in, g_w = sp["ops"].indice_conv_backward(features, weight, grad.contiguous(), pairs, pair_num,
+                                                        *ctx.flags, algo=sp["algo"])
+        return g_in, g_w, None, None, None, None, None
+
+
+def _spconv_conv(features: Tensor, weight: Tensor, pairs: Tensor, pair_num: Tensor, num_out: int,
+                 inverse: bool = False, subm: bool = False) -> Tensor:
+    return _SpconvNativeConv.apply(features.contiguous(), weight.contiguous(), pairs, pair_num, num_out,
+                                   inverse, subm)
 
 
 def spconv_available() -> bool:
@@ -84,8 +133,10 @@ def resolve_sparse_backend(name: Optional[str] = None) -> str:
 
 @dataclass
 class SubmRule:
-    """Rulebook of a submanifold conv: its kernel shape (+ spconv pairs)."""
+    """Rulebook of a submanifold conv: its kernel shape and active set size (+ spconv pairs)."""
     kernel_size: tuple[int, int, int]
+    spatial_shape: tuple[int, int, int]
+    num_active: int
     pairs: Optional[Tensor] = None
     pair_num: Optional[Tensor] = None
 
@@ -106,31 +157,35 @@ class SparseVoxels:
     """Active voxel features of a batch: ``features`` (N, C) at ``indices`` (N, 4) int32 (b, x, y, z)."""
 
     def __init__(self, features: Tensor, indices: Tensor, spatial_shape: Sequence[int], batch_size: int,
-                 backend: str = "dense", rules: Optional[dict[str, Union[SubmRule, PoolRule]]] = None):
+                 backend: str = "dense", rules: Optional[dict[str, Union[SubmRule, PoolRule]]] = None,
+                 shared_rules: bool = False):
         if backend not in BACKENDS:
             raise SsckitError(f"unknown sparse backend {backend!r}; valid: {', '.join(BACKENDS)}")
         self.features = features
-        self.indices = indices
+        self.indices = indices.to(torch.int32).contiguous()  # spconv reads the raw buffer
         self.spatial_shape = _triple(spatial_shape)
         self.batch_size = int(batch_size)
         self.backend = backend
         self.rules = {} if rules is None else rules
+        self.shared_rules = shared_rules
         self._flat: Optional[Tensor] = None
 
     @classmethod
-    def from_dense(cls, x: Tensor, backend: str = "dense") -> "SparseVoxels":
+    def from_dense(cls, x: Tensor, backend: str = "dense", shared_rules: bool = False) -> "SparseVoxels":
         """Every voxel of x (B, C, X, Y, Z) with a non-zero channel becomes active, in (b, x, y, z) order."""
         active = x.ne(0).any(dim=1)  # (B, X, Y, Z)
         indices = active.nonzero().to(torch.int32)
         feats = x.permute(0, 2, 3, 4, 1)[active]  # (N, C)
-        return cls(feats, indices, x.shape[2:], x.shape[0], backend)
+        return cls(feats, indices, x.shape[2:], x.shape[0], backend, shared_rules=shared_rules)
 
     def replace(self, features: Tensor, indices: Optional[Tensor] = None,
-                spatial_shape: Optional[Sequence[int]] = None) -> "SparseVoxels":
-        """A tensor with new features (and optionally a new active set), sharing the rulebook dict."""
+                spatial_shape: Optional[Sequence[int]] = None,
+                rules: Optional[dict[str, Union[SubmRule, PoolRule]]] = None) -> "SparseVoxels":
+        """A tensor with new features (optionally a new active set / rulebook dict); shares the dict by default."""
         out = SparseVoxels(features, self.indices if indices is None else indices,
                            self.spatial_shape if spatial_shape is None else spatial_shape,
-                           self.batch_size, self.backend, self.rules)
+                           self.batch_size, self.backend, self.rules if rules is None else rules,
+                           self.shared_rules)
         if indices is None:
             out._flat = self._flat
         return out
@@ -152,6 +207,10 @@ class SparseVoxels:
         c = self.features.shape[1]
         flat = self.features.new_zeros(n_vox, c).index_copy(0, self.flat_index, self.features)
         return flat.view(self.batch_size, *self.spatial_shape, c).permute(0, 4, 1, 2, 3)
+
+    def output_rules(self) -> dict[str, Union[SubmRule, PoolRule]]:
+        """The dict a conv output carries: this one (shared semantics) or a copy (spconv 2.x semantics)."""
+        return self.rules if self.shared_rules else dict(self.rules)
 
     def dense(self) -> Tensor:
         """Contiguous dense (B, C, X, Y, Z) tensor, zero off the active set."""
@@ -206,45 +265,40 @@ class SubMConv3d(_SparseConvBase):
     """Submanifold conv (odd kernel, stride 1, centred): outputs only at the input's active sites."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntTriple = 3,
-                 indice_key: Optional[str] = None, bias: bool = False, reuse_mismatched_pairs: bool = True):
+                 indice_key: Optional[str] = None, bias: bool = False):
         super().__init__(in_channels, out_channels, kernel_size, indice_key, bias)
         if any(k % 2 == 0 for k in self.kernel_size):
             raise ValueError(f"submanifold conv needs odd kernel sizes, got {self.kernel_size}")
-        self.reuse_mismatched_pairs = reuse_mismatched_pairs
-
-    def _rule(self, x: SparseVoxels) -> tuple[SubmRule, bool]:
-        """The rulebook to use and whether it must be built (and stored when it comes from the key)."""
-        rule = x.rules.get(self.indice_key) if self.indice_key is not None else None
-        if rule is not None:
-            if not isinstance(rule, SubmRule):
-                raise SsckitError(f"indice_key {self.indice_key!r} belongs to a strided conv, not a subm conv")
-            same = rule.kernel_size == self.kernel_size
-            if same or self.reuse_mismatched_pairs:
-                if math.prod(rule.kernel_size) != math.prod(self.kernel_size):
-                    raise SsckitError(f"indice_key {self.indice_key!r}: kernel {self.kernel_size} cannot reuse "
-                                      f"the rulebook of kernel {rule.kernel_size}")
-                return rule, False
-        return SubmRule(self.kernel_size), True
 
     def forward(self, x: SparseVoxels) -> SparseVoxels:
-        rule, new = self._rule(x)
-        if new and self.indice_key is not None and self.indice_key not in x.rules:
-            x.rules[self.indice_key] = rule
+        rules = x.output_rules()
+        rule = x.rules.get(self.indice_key) if self.indice_key is not None else None
+        if rule is None:
+            rule = SubmRule(self.kernel_size, x.spatial_shape, x.indices.shape[0])
+            if self.indice_key is not None:
+                rules[self.indice_key] = rule
+        elif not isinstance(rule, SubmRule):
+            raise SsckitError(f"indice_key {self.indice_key!r} belongs to a strided conv, not a subm conv")
+        elif math.prod(rule.kernel_size) != math.prod(self.kernel_size):
+            raise SsckitError(f"indice_key {self.indice_key!r}: kernel {self.kernel_size} cannot reuse the "
+                              f"rulebook of kernel {rule.kernel_size}")
+        elif (rule.spatial_shape, rule.num_active) != (x.spatial_shape, x.indices.shape[0]):
+            raise SsckitError(f"indice_key {self.indice_key!r} is reused on a different active set")
         if x.backend == "dense":
             pad = tuple(k // 2 for k in rule.kernel_size)
             out = F.conv3d(x.to_grid(), self._torch_weight(rule.kernel_size), padding=pad)
             feats = _gather_grid(out, x.flat_index)
         else:
             sp = _load_spconv()
-            if rule.pairs is None:
-                ks = list(rule.kernel_size)
-                _, rule.pairs, rule.pair_num = sp["ops"].get_indice_pairs(
-                    x.indices, x.batch_size, list(x.spatial_shape), sp["algo"], ks, [1, 1, 1],
-                    [k // 2 for k in ks], [1, 1, 1], [0, 0, 0], True, False)
-            w = self.weight.reshape(self.out_channels, *rule.kernel_size, self.in_channels).contiguous()
-            feats = sp["fsp"].indice_subm_conv(x.features.contiguous(), w, rule.pairs, rule.pair_num,
-                                               x.features.shape[0], sp["algo"])
-        return x.replace(self._add_bias(feats))
+            with _spconv_guard(x.features):
+                if rule.pairs is None:
+                    ks = list(rule.kernel_size)
+                    _, rule.pairs, rule.pair_num = sp["ops"].get_indice_pairs(
+                        x.indices, x.batch_size, list(x.spatial_shape), sp["algo"], ks, [1, 1, 1],
+                        [k // 2 for k in ks], [1, 1, 1], [0, 0, 0], True, False)
+            w = self.weight.reshape(self.out_channels, *rule.kernel_size, self.in_channels)
+            feats = _spconv_conv(x.features, w, rule.pairs, rule.pair_num, x.features.shape[0], subm=True)
+        return x.replace(self._add_bias(feats), rules=rules)
 
 
 class SparseConv3d(_SparseConvBase):
@@ -273,14 +327,15 @@ class SparseConv3d(_SparseConvBase):
             feats = _gather_grid(grid, flat_index(out_indices, out_shape))
         else:
             sp = _load_spconv()
-            out_indices, rule.pairs, rule.pair_num = sp["ops"].get_indice_pairs(
-                x.indices, x.batch_size, list(x.spatial_shape), sp["algo"], list(self.kernel_size),
-                list(self.stride), list(self.padding), [1, 1, 1], [0, 0, 0], False, False)
-            feats = sp["fsp"].indice_conv(x.features.contiguous(), self.weight.contiguous(), rule.pairs,
-                                          rule.pair_num, out_indices.shape[0], sp["algo"])
+            with _spconv_guard(x.features):
+                out_indices, rule.pairs, rule.pair_num = sp["ops"].get_indice_pairs(
+                    x.indices, x.batch_size, list(x.spatial_shape), sp["algo"], list(self.kernel_size),
+                    list(self.stride), list(self.padding), [1, 1, 1], [0, 0, 0], False, False)
+            feats = _spconv_conv(x.features, self.weight, rule.pairs, rule.pair_num, out_indices.shape[0])
+        rules = x.output_rules()
         if self.indice_key is not None:
-            x.rules[self.indice_key] = rule
-        return x.replace(self._add_bias(feats), indices=out_indices, spatial_shape=out_shape)
+            rules[self.indice_key] = rule
+        return x.replace(self._add_bias(feats), indices=out_indices, spatial_shape=out_shape, rules=rules)
 
 
 class SparseInverseConv3d(_SparseConvBase):
@@ -306,7 +361,7 @@ class SparseInverseConv3d(_SparseConvBase):
                                       output_padding=out_pad)
             feats = _gather_grid(grid, flat_index(rule.in_indices, rule.in_shape))
         else:
-            sp = _load_spconv()
-            feats = sp["fsp"].indice_inverse_conv(x.features.contiguous(), self.weight.contiguous(), rule.pairs,
-                                                  rule.pair_num, rule.in_indices.shape[0], sp["algo"])
-        return x.replace(self._add_bias(feats), indices=rule.in_indices, spatial_shape=rule.in_shape)
+            feats = _spconv_conv(x.features, self.weight, rule.pairs, rule.pair_num, rule.in_indices.shape[0],
+                                 inverse=True)
+        return x.replace(self._add_bias(feats), indices=rule.in_indices, spatial_shape=rule.in_shape,
+                         rules=x.output_rules())
