@@ -12,6 +12,8 @@ import sys
 
 # The only registry of commands: name -> module.
 COMMANDS: dict[str, str] = {
+    "synth": "ssckit.commands.synth",
+    "check-data": "ssckit.commands.check_data",
     "preprocess": "ssckit.commands.preprocess",
     "evaluate": "ssckit.commands.evaluate",
     "validate-submission": "ssckit.commands.validate_submission",

@@ -295,3 +295,21 @@ def test_k360_fixed_calibration(k360_root):
     # the camera origin sits at cam2velo[:3, 3] in the LiDAR frame; a point 10 m ahead of the LiDAR is in front
     np.testing.assert_allclose((calib["Tr"] @ [0.8043914418, 0.2993489574, -0.1770225824, 1])[:3], 0, atol=1e-9)
     assert (calib["Tr"] @ [10, 0, 0, 1])[2] > 8
+
+
+def test_k360_drive_calib_file_overrides_fixed_calibration(k360_root, tmp_path):
+    """`ssckit synth --image-scale` writes a scaled calib.txt next to the images; it must win over the fixed one."""
+    import shutil
+
+    root = tmp_path / "k360"
+    shutil.copytree(k360_root, root)
+    fixed = KITTI360(root, split="test").read_calib("0009")
+    half = {k: fixed[k].copy() for k in ("P0", "P1", "P2", "P3")} if "P0" in fixed else {
+        k: fixed["P2"].copy() for k in ("P0", "P1", "P2", "P3")}
+    for k in half:
+        half[k][:2] *= 0.5
+    io.write_calib(root / "data_2d_raw" / D9 / "calib.txt", {**half, "Tr": fixed["Tr"]})
+    scaled = KITTI360(root, split="test").read_calib("0009")
+    np.testing.assert_allclose(scaled["K"][0, 0], 552.554261 / 2)
+    np.testing.assert_allclose(scaled["K"][1, 2], 238.769549 / 2)
+    np.testing.assert_allclose(scaled["Tr"], fixed["Tr"], atol=1e-9)

@@ -112,6 +112,11 @@ class KITTI360(SSCDataset):
         return self._depth_root() / self._normalize_sequence(f.sequence) / f"{f.frame}.npy"
 
     def read_calib(self, seq: str) -> dict[str, np.ndarray]:
-        """Fixed calibration (same for every drive); see :func:`fixed_calib`."""
-        self._normalize_sequence(seq)
-        return fixed_calib()
+        """Fixed calibration (same for every drive; see :func:`fixed_calib`). SSCBench ships no calibration file;
+        a ``calib.txt`` in the drive folder (written by ``ssckit synth`` for down-scaled images) takes precedence."""
+        own = self.sequence_dir(seq) / "calib.txt"
+        if not own.is_file():
+            return fixed_calib()
+        calib = io.read_calib(own)
+        calib["K"] = calib["P2"][:3, :3].copy()
+        return calib
