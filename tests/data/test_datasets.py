@@ -304,8 +304,7 @@ def test_k360_drive_calib_file_overrides_fixed_calibration(k360_root, tmp_path):
     root = tmp_path / "k360"
     shutil.copytree(k360_root, root)
     fixed = KITTI360(root, split="test").read_calib("0009")
-    half = {k: fixed[k].copy() for k in ("P0", "P1", "P2", "P3")} if "P0" in fixed else {
-        k: fixed["P2"].copy() for k in ("P0", "P1", "P2", "P3")}
+    half = {k: fixed["P2"].copy() for k in ("P0", "P1", "P2", "P3")}
     for k in half:
         half[k][:2] *= 0.5
     io.write_calib(root / "data_2d_raw" / D9 / "calib.txt", {**half, "Tr": fixed["Tr"]})

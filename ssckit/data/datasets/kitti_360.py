@@ -12,6 +12,7 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from ssckit.data.datasets.base import FrameId, SSCDataset
+from ssckit.data import io
 from ssckit.data.labels import KITTI_360, LabelTable
 from ssckit.errors import DataError, SsckitError
 
