@@ -183,3 +183,91 @@ def convert_official_symphonies(official_sd: Mapping[str, Tensor], model: nn.Mod
         shown = "\n  ".join(problems[:20]) + (f"\n  ... ({len(problems)} problems)" if len(problems) > 20 else "")
         raise SsckitError(f"checkpoint does not match the Symphonies model:\n  {shown}")
     return out
+
+
+# --- VLScene -------------------------------------------------------------------------------------------------------
+
+# Official ``img_view_transformer.{dx,bx,nx,frustum}``: geometry constants stored as frozen Parameters; ssckit
+# recomputes them (non-persistent buffers of ``lift``), so they are checked against the model and dropped.
+VLSCENE_GEOMETRY_KEYS = ("dx", "bx", "nx", "frustum")
+_VLSCENE_HEAD_PARTS = ("occ_convs.", "sdb.", "ssc_header.")
+_VLSCENE_POINT_PARTS = ("img_feat_reduce.", "point_soft_weights.", "point_occ_mlp.")
+_VLSCENE_VL_PARTS = ("clip_fusion.", "img_clip_fusion.", "img_seg_head.")
+
+
+def official_vlscene_key(key: str) -> str | None:
+    """Official VLScene key -> :class:`~ssckit.models.segmentors.vlscene.VLScene` key; None for a key dropped on
+    purpose (the LSeg teacher ``clip_net.*`` and the geometry constants). KeyError for an unknown key."""
+    from ssckit.models.backbones.fpn import official_fpn_key
+    from ssckit.models.backbones.repvit import official_repvit_key
+    from ssckit.models.lifting.depth_fusion import official_fusion_key
+    from ssckit.models.lifting.depth_net import official_depthnet_key
+    from ssckit.models.lifting.stereo import official_stereo_key
+    from ssckit.models.lifting.vl_distill import official_vl_distill_key
+
+    head, _, rest = key.partition(".")
+    if head == "clip_net":
+        return None
+    if head == "img_backbone":
+        return "img_backbone." + official_repvit_key(rest)
+    if head == "img_neck":
+        return "img_neck." + official_fpn_key(rest)
+    if head == "sparse_unet":
+        return "gssa." + rest
+    if head == "pts_bbox_head" and rest.startswith(_VLSCENE_HEAD_PARTS):
+        return "occ_head." + rest
+    if head == "pts_bbox_head" and rest.startswith(_VLSCENE_POINT_PARTS):
+        return "point_head." + rest
+    if head == "img_view_transformer":
+        part, _, sub = rest.partition(".")
+        if rest in VLSCENE_GEOMETRY_KEYS:
+            return None
+        if part == "depth_net":
+            return "depth_net." + official_depthnet_key(sub)
+        if part == "stereo_volume_net":
+            return "stereo_net." + official_stereo_key(sub)
+        if part == "volume_interaction":
+            return "depth_fusion." + official_fusion_key(sub)
+        if rest.startswith(_VLSCENE_VL_PARTS):
+            return "vl_distill." + official_vl_distill_key(rest)
+    raise KeyError(f"no ssckit mapping for official VLScene key {key!r}")
+
+
+def convert_official_vlscene(official_sd: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Whole official VLScene state dict (mmcv checkpoint ``state_dict``) -> a state dict that loads strictly into
+    ``model`` (:class:`~ssckit.models.segmentors.vlscene.VLScene`).
+
+    The LSeg teacher (``clip_net.*``) is dropped on purpose (ssckit never stores the teacher); the geometry
+    constants (``img_view_transformer.{dx,bx,nx,frustum}``) are compared with the model's and dropped. Fails with
+    :class:`SsckitError` listing every key without a mapping, mapped to nothing in ``model``, with a different shape
+    or different geometry, and every model entry left unfilled.
+    """
+    own = model.state_dict()
+    lift = getattr(model, "lift", None)
+    out: dict[str, Tensor] = {}
+    problems: list[str] = []
+    for key, val in official_sd.items():
+        try:
+            target = official_vlscene_key(key)
+        except KeyError:
+            problems.append(f"unmapped {key}")
+            continue
+        if target is None:
+            name = key.rpartition(".")[2]
+            if key.startswith("img_view_transformer.") and lift is not None:
+                mine = getattr(lift, name)
+                if mine.shape != val.shape or not torch.allclose(mine.float(), val.float().cpu(), atol=1e-4):
+                    problems.append(f"{key}: geometry {tuple(val.shape)} differs from the model's "
+                                    f"{tuple(mine.shape)} (another input size, grid or depth range?)")
+            continue
+        if target not in own:
+            problems.append(f"{key} -> {target}: not in the ssckit model")
+        elif own[target].shape != val.shape:
+            problems.append(f"{key} -> {target}: shape {tuple(val.shape)} vs {tuple(own[target].shape)}")
+        else:
+            out[target] = val.to(own[target].dtype)
+    problems += [f"missing {k}" for k in own if k not in out and not k.endswith("num_batches_tracked")]
+    if problems:
+        shown = "\n  ".join(problems[:20]) + (f"\n  ... ({len(problems)} problems)" if len(problems) > 20 else "")
+        raise SsckitError(f"checkpoint does not match the VLScene model:\n  {shown}")
+    return out
