@@ -8,7 +8,8 @@ from typing import Any, List, Optional
 from ssckit.errors import SsckitError
 
 GROUPS = ("dataset", "model", "schedule", "experiment")
-ROOT_ENV = {"data_root": "SSCKIT_DATA_ROOT", "label_root": "SSCKIT_LABEL_ROOT", "depth_root": "SSCKIT_DEPTH_ROOT"}
+ROOT_ENV = {"data_root": "SSCKIT_DATA_ROOT", "label_root": "SSCKIT_LABEL_ROOT", "depth_root": "SSCKIT_DEPTH_ROOT",
+            "teacher_cache_root": "SSCKIT_TEACHER_CACHE_ROOT"}
 CONFIG_DIR_ENV = "SSCKIT_CONFIG_DIR"
 DERIVED_MODEL_KEYS = ("dataset", "num_classes", "image_shape", "scene_shape", "voxel_size", "frustum_size")
 FULL_GRID = (256, 256, 32)
@@ -23,6 +24,7 @@ class DataConfig:
     data_root: Optional[str] = None  # from --data-root / SSCKIT_DATA_ROOT only
     label_root: Optional[str] = None  # preprocessed <seq>/<frame>_1_N.npy targets (else computed from .label)
     depth_root: Optional[str] = None  # stereo depth .npy maps
+    teacher_cache_root: Optional[str] = None  # `ssckit cache-teacher` output (VLScene training distillation)
     pipeline: Optional[str] = None  # sample builder (ssckit.data.pipelines); None = the model's name
     train_split: Optional[str] = "train"
     val_split: Optional[str] = "val"
@@ -43,6 +45,7 @@ class DataConfig:
     flip_prob: float = 0.0  # training-time horizontal flip probability
     flip_mode: str = "official"  # "official" (Symphonies' quirky flip) or "exact" (mirrored camera)
     v10_z_shift: bool = False
+    max_points: int = 32768  # VLScene point head: LiDAR points per training sample (padded / subsampled)
 
 
 @dataclass
@@ -156,6 +159,7 @@ def validate(cfg: ExperimentConfig) -> None:
     need(all(p in (1, 2, 4, 8) and p * d.grid_scale <= 32 for p in d.projection_scales), "data.projection_scales",
          "entries must be 1, 2, 4 or 8 (times grid_scale at most 32)")
     need(d.frustum_size >= 1, "data.frustum_size", "must be >= 1")
+    need(d.max_points >= 1, "data.max_points", "must be >= 1")
     need(0.0 <= d.flip_prob <= 1.0, "data.flip_prob", "must be in [0, 1]")
     need(d.flip_mode in ("official", "exact"), "data.flip_mode", f"{d.flip_mode!r} is not 'official' or 'exact'")
     need(s.max_epochs >= 1 or s.max_steps > 0, "schedule.max_epochs", "must be >= 1")

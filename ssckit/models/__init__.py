@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple
 from torch import nn
 
 from ssckit.errors import SsckitError
-from ssckit.models.segmentors import symphonies, vlscene
+from ssckit.models.segmentors import symphonies, vlscene, vlscene_utils
 
 
 class ModelEntry(NamedTuple):
@@ -21,8 +21,8 @@ class ModelEntry(NamedTuple):
 MODELS: dict[str, ModelEntry] = {
     "symphonies": ModelEntry(symphonies.SymphoniesConfig, symphonies.symphonies_config, symphonies.build_symphonies,
                              symphonies.example_batch, symphonies.count_params),
-    "vlscene": ModelEntry(vlscene.VLSceneConfig, vlscene.vlscene_config, vlscene.build_vlscene, vlscene.example_batch,
-                          vlscene.count_params),
+    "vlscene": ModelEntry(vlscene.VLSceneConfig, vlscene.vlscene_config, vlscene.build_vlscene,
+                          vlscene_utils.example_batch, vlscene_utils.count_params),
 }
 MODEL_CONFIGS: dict[str, type] = {name: entry.config for name, entry in MODELS.items()}
 

@@ -12,8 +12,8 @@ from ssckit.data.datasets import SemanticKITTI
 from ssckit.data.pipelines import get_pipeline
 from ssckit.data.pipelines.vlscene import VLScenePipeline
 from ssckit.engine.datamodule import collate_samples
-from ssckit.errors import SsckitError
-from ssckit.models.teachers import cache_path, vlscene_left_image, write_cache_entry
+from ssckit.errors import DataError, SsckitError
+from ssckit.models.teachers import vlscene_left_image, write_cache_entry
 
 P2 = np.array([[100.0, 0, 150, 0], [0, 100, 50, 0], [0, 0, 1, 0]])
 P3 = np.array([[100.0, 0, 150, -54], [0, 100, 50, 0], [0, 0, 1, 0]])  # baseline 0.54 m
@@ -107,7 +107,7 @@ def test_lidar_depth_and_points(tmp_path):
     rng = np.random.default_rng(0)
     extra = np.stack([rng.uniform(-2, 40, 300), rng.uniform(-20, 20, 300), rng.uniform(-3, 3, 300)], 1)
     reader = _write_tree(tmp_path, extra_points=extra.astype(np.float32))
-    pipe = VLScenePipeline(reader, _cfg(), "train", max_points=400)
+    pipe = VLScenePipeline(reader, _cfg(max_points=400), "train")
     s = pipe(reader.frames[0])
     # hand-checked: the ray (10, 1, 0.5) / (20, 2, 1) hits pixel (u, v) = (140 s, 45 s - 13) -> (116, 24)
     assert s["lidar_depth"][24, 116] == pytest.approx(10.0)
@@ -124,7 +124,7 @@ def test_lidar_depth_and_points(tmp_path):
     assert batch["points"].shape == (2, 400, 3) and batch["lidar_depth"].shape == (2, 64, 256)
     assert batch["img_right"].shape == (2, 3, 64, 256) and batch["fx_baseline"].shape == (2,)
 
-    small = VLScenePipeline(reader, _cfg(), "train", max_points=5)  # subsampled, the same subset every time
+    small = VLScenePipeline(reader, _cfg(max_points=5), "train")  # subsampled, the same subset every time
     a, b = small(reader.frames[0]), small(reader.frames[0])
     assert a["point_mask"].all() and np.array_equal(a["points"], b["points"])
     assert {tuple(p) for p in a["points"]} <= {tuple(p) for p in np.concatenate([POINTS, extra])[fov].astype(
@@ -139,17 +139,37 @@ def test_no_scans_no_lidar_keys_and_flip_rejected(tmp_path):
         VLScenePipeline(reader, _cfg(flip_prob=0.5), "train")
 
 
-def test_teacher_cache_outputs(tmp_path):
+def test_teacher_cache_outputs_reach_the_model(tmp_path):
+    from ssckit.models.segmentors.vlscene import VLScene, vlscene_config
+
     reader = _write_tree(tmp_path / "data", scans=False)
-    cfg = _cfg()
-    cfg.teacher_cache_root = str(tmp_path / "cache")  # field proposed for DataConfig (read with getattr)
+    cfg = _cfg(teacher_cache_root=str(tmp_path / "cache"))
     feats = np.random.default_rng(1).standard_normal((512, 8, 32)).astype(np.float16)
     logits = np.random.default_rng(2).standard_normal((21, 8, 32)).astype(np.float16)
-    write_cache_entry(cache_path(cfg.teacher_cache_root, reader.frames[0]), feats, logits)
-    s = VLScenePipeline(reader, cfg, "train")(reader.frames[0])
+    write_cache_entry(tmp_path / "cache" / "00" / "000005.npz", feats, logits)  # <root>/<sequence>/<frame>.npz
+    pipe = VLScenePipeline(reader, cfg, "train")
+    s = pipe(reader.frames[1])
     np.testing.assert_array_equal(s["vl_feat"], feats)
     np.testing.assert_array_equal(s["vl_logits"], logits)
-    assert "vl_feat" not in VLScenePipeline(reader, cfg, "val")(reader.frames[0])
+    assert "vl_feat" not in VLScenePipeline(reader, cfg, "val")(reader.frames[1])  # training only
+    assert "vl_feat" not in VLScenePipeline(reader, _cfg(), "train")(reader.frames[1])  # no root: no teacher keys
+    with pytest.raises(DataError, match="000000.npz"):  # frame 000000 was never cached
+        pipe(reader.frames[0])
+
+    # the batch outputs are what the model distils from; the "cache" teacher without a model-side root is never
+    # built (building it would raise)
+    batch = collate_samples([s])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model = VLScene(vlscene_config("tiny", vl_channels=512, teacher="cache")).train()
+        out = model(batch)
+    finally:
+        torch.set_num_threads(before)
+    assert not model._teacher_built
+    torch.testing.assert_close(out["kd_teacher_logits"], torch.from_numpy(logits.astype(np.float32))[None])
+    assert out["kd_target"].shape == (1, 16, 8, 32)
 
 
 def test_synthetic_data_through_the_tiny_model(tmp_path):
@@ -158,7 +178,7 @@ def test_synthetic_data_through_the_tiny_model(tmp_path):
 
     assert main(["synth", str(tmp_path), "--frames", "2", "--sequences", "00", "--image-scale", "0.25"]) == 0
     reader = SemanticKITTI(tmp_path, sequences=["00"])
-    pipe = VLScenePipeline(reader, _cfg(grid_scale=4), "train", max_points=4096)
+    pipe = VLScenePipeline(reader, _cfg(grid_scale=4, max_points=4096), "train")
     batch = collate_samples([pipe(f) for f in reader.frames[:2]])
     assert batch["point_mask"].sum() > 100 and (batch["lidar_depth"] > 0).sum() > 100
     before = torch.get_num_threads()

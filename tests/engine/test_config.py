@@ -66,6 +66,40 @@ def test_vlscene_recipe_values():
     assert (cfg.schedule.max_epochs, sch.milestones, sch.gamma) == (30, [20, 25], 0.1)
 
 
+@pytest.mark.skipif(not _registered("vlscene"), reason="VLScene not registered")
+def test_vlscene_experiments(tmp_path, monkeypatch):
+    monkeypatch.delenv("SSCKIT_TEACHER_CACHE_ROOT", raising=False)
+    sk, k360 = load_config("vlscene_semantic_kitti"), load_config("vlscene_kitti_360")
+    for cfg in (sk, k360):  # unused parameters (FPN levels 1-3, point head / student without inputs) need this
+        assert (cfg.trainer.devices, cfg.trainer.strategy) == (4, "ddp_find_unused_parameters_true")
+        assert (cfg.schedule.optimizer.lr, cfg.schedule.gradient_clip_val, cfg.schedule.scheduler.milestones) == \
+            (1e-4, 5.0, [20, 25])
+        assert (cfg.data.batch_size, cfg.data.flip_prob, cfg.data.pipeline) == (2, 0.0, "vlscene")
+    m = k360.model.config
+    assert (k360.data.dataset, k360.data.crop_size, m.num_classes, m.image_shape) == \
+        ("kitti_360", [1408, 384], 19, (384, 1408))
+    assert sk.model.config.image_shape == (384, 1280) and sk.data.teacher_cache_root is None
+    # the input size follows data.crop_size
+    assert load_config("vlscene_semantic_kitti", ["data.crop_size=[640, 192]"]).model.config.image_shape == (192, 640)
+
+    tiny = load_config("vlscene_tiny_synthetic")
+    t = tiny.model.config
+    assert (tiny.trainer.accelerator, tiny.trainer.devices, tiny.data.flip_prob) == ("cpu", 1, 0.0)
+    assert tiny.model.preset == "tiny" and tiny.schedule.max_epochs <= 5
+    assert (t.image_shape, t.scene_shape, t.teacher) == ((64, 256), (64, 64, 8), "random")
+
+    # the teacher cache is a data root: flag/override or environment, never a config file
+    assert load_config("vlscene_semantic_kitti", ["data.teacher_cache_root=/cli"]).data.teacher_cache_root == "/cli"
+    monkeypatch.setenv("SSCKIT_TEACHER_CACHE_ROOT", "/env/cache")
+    assert load_config("vlscene_semantic_kitti").data.teacher_cache_root == "/env/cache"
+    bad = tmp_path / "cache.yaml"
+    bad.write_text("defaults: [experiment/vlscene_semantic_kitti]\ndata:\n  teacher_cache_root: /committed\n")
+    with pytest.raises(SsckitError, match=r"data\.teacher_cache_root must not be set.*SSCKIT_TEACHER_CACHE_ROOT"):
+        load_config(str(bad))
+    with pytest.raises(SsckitError, match="max_points"):
+        load_config("vlscene_tiny_synthetic", ["data.max_points=0"])
+
+
 def test_unknown_key_names_key_and_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("defaults: [experiment/symphonies_semantic_kitti]\ndata:\n  batchsize: 2\n")

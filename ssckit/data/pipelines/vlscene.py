@@ -14,11 +14,13 @@ Per frame, with (W, H) = ``config.image_size(data)`` (``data.crop_size``; offici
 - training only, when the first frame has a LiDAR scan (every frame then must): ``lidar_depth`` (H, W) float32 =
   the velodyne scan projected with P2 . Tr into the network input, nearest return per pixel at the rounded pixel,
   0 = none (no range filter); and, when the first frame also has lidarseg labels, the points of the left-image FOV
-  (0 <= u <= W-1, 0 <= v <= H-1, depth > 0) padded to ``max_points``: ``points`` (N, 3) float32,
+  (0 <= u <= W-1, 0 <= v <= H-1, depth > 0) padded to N = ``data.max_points``: ``points`` (N, 3) float32,
   ``point_labels`` (N,) int64 learning ids (0 = unlabelled/ignored, also the padding), ``point_mask`` (N,) bool.
   Frames with more FOV points keep a random subset (seeded by the frame).
-- training only, when ``data.teacher_cache_root`` exists and is set: ``vl_feat`` (512, H/8, W/8) / ``vl_logits``
-  (21, H/8, W/8) float16 from the ``ssckit cache-teacher`` files.
+- training only, when ``data.teacher_cache_root`` is set (or ``$SSCKIT_TEACHER_CACHE_ROOT``): ``vl_feat``
+  (512, H/8, W/8) / ``vl_logits`` (21, H/8, W/8) float16 from the ``ssckit cache-teacher`` files
+  ``<root>/<sequence>/<frame>.npz`` (a missing file is a DataError naming it).
+The model's ``image_shape`` (H, W) is derived from the same (W, H) (``input_size``).
 """
 from __future__ import annotations
 
@@ -33,8 +35,6 @@ from ssckit.data.datasets import FrameId, SSCDataset
 from ssckit.data.labels import IGNORE
 from ssckit.data.preprocess import downsample_labels
 from ssckit.errors import DataError, SsckitError
-
-MAX_POINTS = 32768  # padded point count per sample (KITTI: ~20k points in the left FOV of the 384-row crop)
 
 
 def resize_crop_geometry(width0: int, height0: int, width: int, height: int) -> tuple[float, int, int, int, int]:
@@ -83,20 +83,22 @@ def lidar_depth_map(uv: np.ndarray, depth: np.ndarray, width: int, height: int) 
 class VLScenePipeline:
     """Builds VLScene samples from a dataset reader; ``stage`` is "train", "val" or "predict"."""
 
-    def __init__(self, reader: SSCDataset, cfg: DataConfig, stage: str, max_points: int = MAX_POINTS) -> None:
+    input_size = staticmethod(image_size)  # (data_cfg, dataset_crop) -> model input (W, H)
+
+    def __init__(self, reader: SSCDataset, cfg: DataConfig, stage: str) -> None:
         if stage == "train" and cfg.flip_prob > 0:
             raise SsckitError("the vlscene pipeline has no augmentation (official recipe); set data.flip_prob=0")
         self.reader = reader
         self.cfg = cfg
         self.stage = stage
-        self.max_points = int(max_points)
+        self.max_points = cfg.max_points  # KITTI: ~20k points in the left FOV of the 384-row crop
         self.with_target = stage in ("train", "val")
         self.size = image_size(cfg, reader.image_size)  # (W, H)
         self.cameras = tuple(getattr(reader, "CAMERAS", (2, 3)))[:2]
         first = reader.frames[0] if reader.frames else None
         self.with_lidar = stage == "train" and first is not None and self._exists(reader.scan_path, first)
         self.with_points = self.with_lidar and self._exists(reader.point_label_path, first)
-        self.teacher_root = getattr(cfg, "teacher_cache_root", None) if stage == "train" else None
+        self.teacher_root = cfg.teacher_cache_root if stage == "train" else None
 
     @staticmethod
     def _exists(path_of: Any, frame: FrameId) -> bool:
