@@ -94,9 +94,14 @@ def _listed(items: list, total: int | None = None) -> str:
 
 
 def validate_submission(zip_path: str | os.PathLike, data_root: str | os.PathLike, labels: LabelTable,
-                        check_ids: bool = True, progress: bool = False) -> list[str]:
-    """Every problem of a submission zip (empty list = valid). Test frames come from ``data_root``'s test
-    sequences present on disk; predictions of test sequences absent there are checked for size and ids only."""
+                        check_ids: bool = True, progress: bool = False, partial: bool = False) -> list[str]:
+    """Every problem of a submission zip (empty list = valid).
+
+    As the official validator: directory entries and one prediction per ``voxels/*.bin`` of EVERY test sequence
+    11-21; a test sequence without a ``voxels/`` folder under ``data_root`` is itself a problem (completeness cannot
+    be verified). With ``partial`` only the test sequences present under ``data_root`` need directory entries and
+    predictions. Predictions of test sequences absent from ``data_root`` are checked for size and ids only.
+    """
     zip_path = Path(zip_path)
     problems: list[str] = []
     if zip_path.suffix != ".zip":
@@ -104,6 +109,12 @@ def validate_submission(zip_path: str | os.PathLike, data_root: str | os.PathLik
     frames = expected_test_frames(data_root)
     if not frames:
         return problems + [f"no test sequence (11-21) with a voxels/ folder under {data_root}/sequences"]
+    absent = [s for s in TEST_SEQUENCES if s not in frames]
+    if absent and not partial:
+        problems.append(f"test sequence{'s' if len(absent) > 1 else ''} {', '.join(absent)} ha"
+                        f"{'ve' if len(absent) > 1 else 's'} no voxels/ folder under {data_root}/sequences: "
+                        "cannot verify that the submission is complete (use --partial to check only the "
+                        "sequences present)")
     try:
         zf = zipfile.ZipFile(zip_path)
     except (OSError, zipfile.BadZipFile) as e:
@@ -115,7 +126,8 @@ def validate_submission(zip_path: str | os.PathLike, data_root: str | os.PathLik
         files.pop(DESCRIPTION, None)
 
         pred_seqs = {m.group(1) for m in map(_PRED_RE.match, files) if m and m.group(1) in TEST_SEQUENCES}
-        needed_dirs = ["sequences/"] + [d for s in sorted(set(frames) | pred_seqs)
+        dir_seqs = sorted(set(frames) | pred_seqs) if partial else TEST_SEQUENCES
+        needed_dirs = ["sequences/"] + [d for s in dir_seqs
                                         for d in (f"sequences/{s}/", f"sequences/{s}/predictions/")]
         problems += [f'directory entry "{d}" missing inside the zip' for d in needed_dirs if d not in dirs]
 

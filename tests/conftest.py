@@ -30,3 +30,15 @@ def oracle_dir() -> Path:
     if not ORACLE.is_dir():
         pytest.skip(f"oracle folder not found at {ORACLE}")
     return ORACLE
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic SemanticKITTI-layout data (image scale 0.25), built once per session: training sequence 00 (6 SSC
+    frames), held-out 08 (3 frames) and test sequence 11 (1 frame: voxels/*.bin only, like the real data)."""
+    from ssckit.data.synth import generate
+
+    root = tmp_path_factory.mktemp("synth_semantic_kitti")
+    for seq, frames in (("00", 6), ("08", 3), ("11", 1)):
+        generate(root, frames=frames, seed=0, sequences=[seq], image_scale=0.25)
+    return root

@@ -121,3 +121,29 @@ def test_kitti360_labelled_voxels_count_and_predictions_under_drive(tmp_path):
     assert scores["iou_building"] == pytest.approx(1.0) and scores["iou_car"] == 0.0
     assert scores["iou_mean"] == pytest.approx(1 / 18) and scores["iou_completion"] == pytest.approx(1.0)
     assert "iou_other-object" in scores and "iou_trunk" not in scores and len(scores) == 18 + 4
+
+
+def test_frames_come_from_label_files_and_valid_is_an_alias(semkitti, tmp_path, capsys):
+    """Official: GT = voxels/*.label. A .label without .bin is scored; a .bin without .label is not (noted)."""
+    data, pred = semkitti
+    vox = data / "sequences" / "08" / "voxels"
+    (vox / "000005.bin").unlink()
+    write_voxel_mask(vox / "000010.bin", np.zeros(GRID, bool))  # input only: no GT, no prediction needed
+    out = tmp_path / "v.yaml"
+    assert _run("--pred", str(pred), "--data", str(data), "--split", "valid", "--out", str(out)) == 0
+    scores = yaml.safe_load(out.read_text())
+    assert scores["iou_completion"] == pytest.approx(0.6) and scores["iou_car"] == pytest.approx(1 / 3)
+    captured = capsys.readouterr()
+    assert "2 frames" in captured.out
+    assert "1 of 2 ground-truth frames have no voxels/*.bin" in captured.err
+    assert "1 voxels/*.bin frames have no .label" in captured.err
+
+
+def test_a_sequence_without_any_label_is_a_clear_error(semkitti, capsys):
+    data, pred = semkitti
+    test_vox = data / "sequences" / "11" / "voxels"
+    write_voxel_mask(test_vox / "000000.bin", np.zeros(GRID, bool))  # a test sequence: input only
+    assert _run("--pred", str(pred), "--data", str(data), "--sequences", "08", "11") == 2
+    err = capsys.readouterr().err
+    assert str(test_vox) in err and ".label" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert _run("--pred", str(pred), "--data", str(data), "--split", "test") == 2  # 11 has no GT; 12..21 no folder

@@ -12,18 +12,29 @@ from ssckit.data.io import GRID, NUM_VOXELS, write_voxel_mask
 from ssckit.data.labels import KITTI_360, SEMANTIC_KITTI
 from ssckit.submission import validate_submission, write_prediction_label, zip_submission
 
-FRAMES = {"11": ["000000", "000005"], "12": ["000010"]}
-DIRS = ["sequences/", "sequences/11/", "sequences/11/predictions/", "sequences/12/", "sequences/12/predictions/"]
+TEST_SEQS = [f"{s:02d}" for s in range(11, 22)]
+FRAMES = {"11": ["000000", "000005"], "12": ["000010"], **{s: ["000000"] for s in TEST_SEQS[2:]}}
+PARTIAL = {"11": FRAMES["11"], "12": FRAMES["12"]}  # a DATA_ROOT holding only two test sequences
+DIRS = ["sequences/"] + [d for s in TEST_SEQS for d in (f"sequences/{s}/", f"sequences/{s}/predictions/")]
 ZEROS = bytes(2 * NUM_VOXELS)  # a valid prediction: all empty (raw 0)
+
+
+def _data(root: Path, frames: dict[str, list[str]]) -> Path:
+    for seq, names in frames.items():
+        for f in names:
+            write_voxel_mask(root / "sequences" / seq / "voxels" / f"{f}.bin", np.zeros(GRID, bool))
+    return root
 
 
 @pytest.fixture()
 def data_root(tmp_path) -> Path:
-    root = tmp_path / "dataset"
-    for seq, frames in FRAMES.items():
-        for f in frames:
-            write_voxel_mask(root / "sequences" / seq / "voxels" / f"{f}.bin", np.zeros(GRID, bool))
-    return root
+    """All eleven test sequences 11-21 (voxels/*.bin only, like the real data)."""
+    return _data(tmp_path / "dataset", FRAMES)
+
+
+@pytest.fixture()
+def partial_root(tmp_path) -> Path:
+    return _data(tmp_path / "partial", PARTIAL)
 
 
 def _zip(path: Path, entries: dict[str, bytes | None]) -> Path:
@@ -34,10 +45,21 @@ def _zip(path: Path, entries: dict[str, bytes | None]) -> Path:
     return path
 
 
-def _good_entries() -> dict[str, bytes | None]:
-    entries: dict[str, bytes | None] = {d: None for d in DIRS}
-    entries.update({f"sequences/{s}/predictions/{f}.label": ZEROS for s, fr in FRAMES.items() for f in fr})
+def _good_entries(frames: dict[str, list[str]] = FRAMES) -> dict[str, bytes | None]:
+    entries: dict[str, bytes | None] = {"sequences/": None}
+    for s, names in frames.items():
+        entries.update({f"sequences/{s}/": None, f"sequences/{s}/predictions/": None})
+        entries.update({f"sequences/{s}/predictions/{f}.label": ZEROS for f in names})
     return entries
+
+
+def _cli(*argv: str) -> int:
+    return cli.main(["validate-submission", *argv])
+
+
+@pytest.fixture(autouse=True)
+def _only_my_command(monkeypatch):
+    monkeypatch.setattr(cli, "COMMANDS", {"validate-submission": "ssckit.commands.validate_submission"})
 
 
 def test_write_maps_learning_to_raw_in_xyz_order(tmp_path):
@@ -111,7 +133,7 @@ def test_each_planted_fault_is_reported(tmp_path, data_root, fault):
         assert any(text in p for p in problems), (text, problems)
 
 
-def test_all_faults_at_once_each_listed_by_the_cli(tmp_path, data_root, monkeypatch, capsys):
+def test_all_faults_at_once_each_listed_by_the_cli(tmp_path, data_root, capsys):
     entries = {k: v for k, v in _good_entries().items() if k != "sequences/"}   # 1 missing directory entry
     del entries["sequences/11/predictions/000000.label"]                          # 1 missing frame
     entries["sequences/11/predictions/000005.label"] = b"\0\0"                   # 1 wrong size
@@ -120,12 +142,10 @@ def test_all_faults_at_once_each_listed_by_the_cli(tmp_path, data_root, monkeypa
     bad_ids[0] = 52  # other-structure: maps to ignore, not a class
     entries["sequences/12/predictions/000010.label"] = bad_ids.tobytes()         # 1 invalid id
     zip_path = _zip(tmp_path / "all.zip", entries)
-    monkeypatch.setattr(cli, "COMMANDS", {"validate-submission": "ssckit.commands.validate_submission"})
-    assert cli.main(["validate-submission", str(zip_path), "--data", str(data_root)]) != 0
+    assert _cli(str(zip_path), "--data", str(data_root)) != 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 6 and "5 problems" in out[-1], out
-    assert cli.main(["validate-submission", str(_zip(tmp_path / "g.zip", _good_entries())),
-                     "--data", str(data_root)]) == 0
+    assert _cli(str(_zip(tmp_path / "g.zip", _good_entries())), "--data", str(data_root)) == 0
 
 
 def test_not_a_zip_name_and_no_test_data(tmp_path, data_root):
@@ -134,17 +154,39 @@ def test_not_a_zip_name_and_no_test_data(tmp_path, data_root):
     assert validate_submission(_zip(tmp_path / "s.zip", {}), tmp_path / "nothing", SEMANTIC_KITTI)
 
 
-def test_test_sequence_absent_from_data_root_is_checked_but_other_sequences_are_stray(tmp_path, data_root, capsys,
-                                                                                      monkeypatch):
-    entries = _good_entries()
+def test_partial_checks_absent_sequences_for_size_only_and_other_sequences_are_stray(tmp_path, partial_root,
+                                                                                      capsys):
+    entries = _good_entries(PARTIAL)
     entries.update({"sequences/13/": None, "sequences/13/predictions/": None,
                     "sequences/13/predictions/000000.label": bytes(10),   # 13 is not on disk: size still checked
                     "sequences/08/predictions/000000.label": ZEROS})      # 08 is not a test sequence: stray
-    problems = validate_submission(_zip(tmp_path / "x.zip", entries), data_root, SEMANTIC_KITTI)
+    problems = validate_submission(_zip(tmp_path / "x.zip", entries), partial_root, SEMANTIC_KITTI, partial=True)
     assert len(problems) == 2, problems
     assert "sequences/13/predictions/000000.label" in problems[1] and "should have" in problems[1]
     assert "unneeded" in problems[0] and "sequences/08/" in problems[0]
-    monkeypatch.setattr(cli, "COMMANDS", {"validate-submission": "ssckit.commands.validate_submission"})
-    assert cli.main(["validate-submission", str(_zip(tmp_path / "g.zip", _good_entries())),
-                     "--data", str(data_root)]) == 0
-    assert "13, 14" in capsys.readouterr().err  # warned: completeness of absent sequences not checked
+    assert _cli(str(_zip(tmp_path / "g.zip", _good_entries(PARTIAL))), "--data", str(partial_root), "--partial") == 0
+    out = capsys.readouterr().out
+    assert "partial" in out and "11, 12" in out and "ready for submission" not in out
+
+
+def test_without_partial_absent_test_sequences_are_an_error(tmp_path, partial_root, capsys):
+    """The official validator needs every test sequence: a DATA_ROOT lacking 13-21 cannot prove completeness."""
+    zip_path = _zip(tmp_path / "p.zip", _good_entries(PARTIAL))
+    problems = validate_submission(zip_path, partial_root, SEMANTIC_KITTI)
+    assert "13, 14, 15, 16, 17, 18, 19, 20, 21" in problems[0] and "cannot verify" in problems[0], problems
+    missing_dirs = sorted(p for p in problems[1:] if "directory entry" in p)
+    assert len(missing_dirs) == 18 and len(problems) == 19, problems  # sequences/13/ ... sequences/21/predictions/
+    assert _cli(str(zip_path), "--data", str(partial_root)) == 1
+    assert "19 problems" in capsys.readouterr().out.splitlines()[-1]
+    assert _cli(str(zip_path), "--data", str(partial_root), "--partial") == 0
+
+
+def test_a_test_sequence_missing_from_the_zip_is_reported(tmp_path, data_root, capsys):
+    entries = {k: v for k, v in _good_entries().items() if not k.startswith("sequences/21/")}
+    problems = validate_submission(_zip(tmp_path / "no21.zip", entries), data_root, SEMANTIC_KITTI)
+    assert sorted(problems) == sorted(['directory entry "sequences/21/" missing inside the zip',
+                                       'directory entry "sequences/21/predictions/" missing inside the zip',
+                                       '"sequences/21/predictions/000000.label" is missing inside the zip'])
+    assert _cli(str(tmp_path / "no21.zip"), "--data", str(data_root)) == 1
+    # --partial does not excuse a sequence that DATA_ROOT holds
+    assert _cli(str(tmp_path / "no21.zip"), "--data", str(data_root), "--partial") == 1

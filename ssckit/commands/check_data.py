@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="semantic_kitti", choices=["semantic_kitti", "kitti_360"],
                         help="layout and label table (default: %(default)s)")
     parser.add_argument("--label-root", type=Path, metavar="DIR",
-                        help="also check preprocessed targets DIR/<seq>/<frame>_1_1.npy (and _1_2 / _1_8 if present)")
+                        help="also check preprocessed targets DIR/<seq>/<frame>_1_1.npy (and _1_2 / _1_8 if present); "
+                             "kitti_360 default: DATA_ROOT/preprocess/labels if it exists")
     parser.add_argument("--depth-root", type=Path, metavar="DIR", help="also check stereo depth maps under DIR")
     parser.add_argument("--sequences", nargs="+", metavar="SEQ", help="only these sequences (default: all present)")
     parser.add_argument("--strict", action="store_true", help="warnings fail too")

@@ -1,10 +1,11 @@
 """Score SSC predictions against ground truth exactly as semantic-kitti-api's evaluate_completion.py does.
 
 Predictions are PRED_ROOT/sequences/<seq>/predictions/<frame>.label (flat uint16 RAW ids, as submitted to the
-server; KITTI-360 uses the drive name as <seq>). Ground truth is read from DATA_ROOT (.label + .invalid). Both are
-mapped raw -> learning ids through the dataset's lookup table and accumulated into one confusion matrix over all
-frames. A missing or wrong-size prediction file, or an id that is not a valid raw label, stops with one error
-naming the file.
+server; KITTI-360 uses the drive name as <seq>). As the official script, the frames scored are every
+DATA_ROOT/.../voxels/<frame>.label of the selected sequences (a frame's .bin input is not needed; a sequence without
+any .label is an error). Ground truth (.label + .invalid) and predictions are mapped raw -> learning ids through the
+dataset's lookup table and accumulated into one confusion matrix over all frames. A missing or wrong-size
+prediction file, or an id that is not a valid raw label, stops with one error naming the file.
 
 example:
   ssckit evaluate --pred outputs/val --data /data/semantic_kitti/dataset --split val --out scores.yaml
@@ -12,9 +13,11 @@ example:
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 HELP = "score .label predictions against the ground truth (official SSC metric)"
+SPLIT_ALIASES = {"valid": "val"}  # evaluate_completion.py --split names the validation split "valid"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, type=Path, metavar="DATA_ROOT",
                         help="dataset root (the folder holding sequences/ or data_2d_raw/)")
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--split", help="split to score (e.g. val)")
+    which.add_argument("--split", help="split to score: train, val (alias: valid, the official name) or test")
     which.add_argument("--sequences", nargs="+", metavar="SEQ", help="sequences to score (e.g. 08)")
     parser.add_argument("--dataset", default="semantic_kitti", choices=["semantic_kitti", "kitti_360"],
                         help="dataset layout and label table (default: %(default)s)")
@@ -45,16 +48,23 @@ def run(args: argparse.Namespace) -> int:
     from ssckit.metrics.ssc import SSCMetric, format_table, scores_to_official_yaml_dict
     from ssckit.submission import prediction_path
 
-    dataset = DATASETS[args.dataset](args.data, split=args.split, sequences=args.sequences,
-                                     v10_z_shift=args.v10_z_shift)
+    split = SPLIT_ALIASES.get(args.split, args.split)
+    dataset = DATASETS[args.dataset](args.data, split=split, sequences=args.sequences,
+                                     v10_z_shift=args.v10_z_shift, frames_from="label")
     labels = dataset.labels
     frames = list(dataset.frames)
     if not frames:
         raise SsckitError(f"no frames to evaluate under {args.data}")
-    no_gt = [f for f in frames if not dataset.has_labels(f)]
-    if no_gt:
-        raise DataError(dataset.voxel_path(no_gt[0], "label"), f"ground truth not found ({len(no_gt)} of "
-                        f"{len(frames)} frames have no voxels/*.label; test splits carry none)")
+    no_bin = sum(not dataset.voxel_path(f, "bin").is_file() for f in frames)
+    if no_bin:
+        print(f"note: {no_bin} of {len(frames)} ground-truth frames have no voxels/*.bin input; scored all the same "
+              "(the metric needs only .label and .invalid)", file=sys.stderr)
+    scored = {(f.sequence, f.frame) for f in frames}
+    unlabelled = sum((seq, p.stem) not in scored for seq in dataset.sequences
+                     for p in (dataset.sequence_dir(seq) / "voxels").glob("[0-9]*.bin"))
+    if unlabelled:
+        print(f"note: {unlabelled} voxels/*.bin frames have no .label ground truth and are not scored",
+              file=sys.stderr)
     pred_paths = [prediction_path(args.pred, f.sequence, f.frame) for f in frames]
     missing = [p for p in pred_paths if not p.is_file()]
     if missing:  # check them all before the long loop, as the official script does

@@ -3,7 +3,8 @@
 A procedural street world (road, sidewalks, parking, terrain, buildings, fences, trees, poles, signs, parked and
 moving vehicles, cyclists and pedestrians) is rendered along a camera trajectory through the real calibration:
 stereo images, stereo-like depth (OUT_ROOT/depth/...), a simulated LiDAR scan with point labels, and the voxel
-files (.bin / .label / .invalid / .occluded) of every 5th frame. Poses and times cover every frame. The same seed
+files (.bin / .label / .invalid / .occluded) of every 5th frame; test sequences 11-21 get, like the real data, only
+voxels/*.bin and no point labels. Poses and times cover every frame. The same seed
 gives byte-identical files. ssckit's readers, `ssckit check-data`, `preprocess` and `evaluate` read the result as the
 real dataset.
 
@@ -59,8 +60,14 @@ def run(args: argparse.Namespace) -> int:
           f"(stereo depth under {args.out_root / 'depth'})")
     if args.preview is not None:
         from ssckit.data.synth.preview import save_preview
+        from ssckit.data.synth.writer import LAYOUTS
 
-        first = next(iter(written))
+        layout = LAYOUTS[args.dataset](args.out_root)
+        labelled = [s for s in written if layout.labelled(s)]
+        if not labelled:
+            print("ssckit synth: no preview (test sequences carry no voxel ground truth)")
+            return 0
+        first = labelled[0]
         path = save_preview(args.out_root, args.preview, args.dataset, first, written[first][-1])
         print(f"ssckit synth: preview -> {path}")
     return 0

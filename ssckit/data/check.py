@@ -1,9 +1,11 @@
 """Scan a SemanticKITTI / SSCBench-KITTI-360 dataset root and list every problem with the file at fault.
 
-Checked per sequence: calibration (SemanticKITTI), poses/times, every SSC frame's voxel files (presence, exact
-size, unpacked masks holding only 0/1, raw label ids in the label table), the left/right images (present,
-decodable, one size per sequence) and, when given, preprocessed targets and stereo depth maps (shape, dtype, NaN,
-negative values). Missing pairs are reported both ways: voxels without an image, and an image of an SSC index
+Checked per sequence: calibration (SemanticKITTI; KITTI-360 when a drive holds a calib.txt), poses/times
+(KITTI-360: pose.txt / cam0_to_world.txt when present), every SSC frame's voxel files (presence, exact size,
+unpacked masks holding only 0/1, raw label ids in the label table; test sequences 11-21 need only .bin), the
+left/right images (present, decodable, one size per sequence) and, when given (KITTI-360: by default
+<root>/preprocess/labels if it exists), preprocessed targets and stereo depth maps (shape, dtype, NaN, negative
+values). Missing pairs are reported both ways: voxels without an image, and an image of an SSC index
 (every 5th) without voxels inside the range of the sequence's voxel frames (the real test sequences lack a few
 frames at their ends). Problems are errors unless noted as warnings (things the readers do not need).
 """
@@ -212,6 +214,18 @@ def _check_sequence(c: _Checker, layout: "_Layout", seq: str) -> None:
     layout.check_extras(c, seq, frames)
 
 
+def _check_calib(c: _Checker, path: Path) -> None:
+    """calib.txt parses (P0..P3, Tr), P2 is a rectified projection K [I | t] and Tr's rotation is a rotation."""
+    calib = c._guard(path, "calib", lambda: io.read_calib(path))
+    if calib is None:
+        return
+    K, rot = calib["P2"][:, :3], calib["Tr"][:3, :3]
+    if not (K[0, 0] > 0 and K[1, 1] > 0 and K[2, 2] == 1 and K[1, 0] == 0 and K[2, 0] == 0 and K[2, 1] == 0):
+        c.r.add(path, "calib", f"P2 is not a rectified projection K [I | t] (K = {K.tolist()})")
+    if abs(np.linalg.det(rot) - 1.0) > 1e-3 or np.abs(rot @ rot.T - np.eye(3)).max() > 1e-3:
+        c.r.add(path, "calib", "Tr's rotation part is not a rotation matrix")
+
+
 class _Layout:
     name = ""
     voxel_exts: tuple[str, ...] = ()
@@ -267,13 +281,7 @@ class _SemanticKittiLayout(_Layout):
 
     def check_extras(self, c: _Checker, seq: str, frames: list[str]) -> None:
         r, d = c.r, self.seq_dir(seq)
-        calib = c._guard(d / "calib.txt", "calib", lambda: io.read_calib(d / "calib.txt"))
-        if calib is not None:
-            K, rot = calib["P2"][:, :3], calib["Tr"][:3, :3]
-            if not (K[0, 0] > 0 and K[1, 1] > 0 and K[2, 2] == 1 and K[1, 0] == 0 and K[2, 0] == 0 and K[2, 1] == 0):
-                r.add(d / "calib.txt", "calib", f"P2 is not a rectified projection K [I | t] (K = {K.tolist()})")
-            if abs(np.linalg.det(rot) - 1.0) > 1e-3 or np.abs(rot @ rot.T - np.eye(3)).max() > 1e-3:
-                r.add(d / "calib.txt", "calib", "Tr's rotation part is not a rotation matrix")
+        _check_calib(c, d / "calib.txt")
         n = {}
         for name, reader in (("poses.txt", io.read_poses), ("times.txt", io.read_times)):
             path = d / name
@@ -320,13 +328,26 @@ class _Kitti360Layout(_Layout):
     def depth_path(self, depth_root: Path, seq: str, frame: str) -> Path:
         return depth_root / seq / f"{frame}.npy"
 
+    def check_extras(self, c: _Checker, seq: str, frames: list[str]) -> None:
+        """A drive-level calib.txt (used by the reader instead of the fixed calibration) and the pose tables
+        (index + 3x4 / 4x4 per line; keyed by raw KITTI-360 ids, not needed by the readers) when present."""
+        d = self.seq_dir(seq)
+        if (d / "calib.txt").exists():
+            _check_calib(c, d / "calib.txt")
+        for name, rows in (("pose.txt", 3), ("cam0_to_world.txt", 4)):
+            path = d / name
+            if path.exists():
+                c._guard(path, "layout", lambda p=path, n=rows: io.read_indexed_poses(p, n))
+
 
 _LAYOUTS = {"semantic_kitti": _SemanticKittiLayout, "kitti_360": _Kitti360Layout}
 
 
 def check_dataset(root: str | os.PathLike, dataset: str = "semantic_kitti", label_root: str | os.PathLike | None = None,
                   depth_root: str | os.PathLike | None = None, sequences: Iterable[str] | None = None) -> CheckReport:
-    """Check the dataset at ``root`` (all sequences present, or only ``sequences``); see the module docstring."""
+    """Check the dataset at ``root`` (all sequences present, or only ``sequences``); see the module docstring.
+
+    KITTI-360 targets are checked under ``label_root``, by default ``<root>/preprocess/labels`` when it exists."""
     if dataset not in _LAYOUTS:
         raise SsckitError(f"unknown dataset {dataset!r}; choose one of {sorted(_LAYOUTS)}")
     root = Path(root)
@@ -344,6 +365,8 @@ def check_dataset(root: str | os.PathLike, dataset: str = "semantic_kitti", labe
         present = [s for s in present if s in wanted]
     elif not present:
         report.add(root, "missing", "no sequence folders found")
+    if label_root is None and dataset == "kitti_360" and (root / "preprocess" / "labels").is_dir():
+        label_root = root / "preprocess" / "labels"  # the reader's default target folder
     for opt, name in ((label_root, "--label-root"), (depth_root, "--depth-root")):
         if opt is not None and not Path(opt).is_dir():
             report.add(opt, "missing", f"{name} folder not found")

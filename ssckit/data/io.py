@@ -110,7 +110,9 @@ def read_target(path: PathLike, shape: tuple[int, int, int], num_classes: int | 
 # --- calibration, poses, times -------------------------------------------------------------------------------------
 
 def read_calib(path: PathLike) -> dict[str, np.ndarray]:
-    """Parse ``calib.txt``: P0..P3 as (3, 4) and Tr (velodyne -> rectified cam0) as a (4, 4) matrix."""
+    """Parse ``calib.txt``: P0..P3 as (3, 4) and Tr (velodyne -> rectified cam0) as a (4, 4) matrix.
+
+    Only these five keys are read (12 numbers each); other lines (e.g. a 9-number ``R0_rect``) are ignored."""
     try:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
@@ -119,18 +121,19 @@ def read_calib(path: PathLike) -> dict[str, np.ndarray]:
         raise DataError(path, f"cannot read calibration ({e})") from None
     calib: dict[str, np.ndarray] = {}
     for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
         key, sep, values = line.partition(":")
+        key = key.strip()
+        if key not in CALIB_KEYS:  # blank lines and other keys (R0_rect: 9 numbers, Tr_imu_velo, ...) are not used
+            continue
         if not sep:
-            raise DataError(path, f"line {lineno}: expected 'KEY: 12 numbers', got {line[:40]!r}")
+            raise DataError(path, f"line {lineno}: expected '{key}: 12 numbers', got {line[:40]!r}")
         try:
             nums = np.array([float(v) for v in values.split()], dtype=np.float64)
         except ValueError:
-            raise DataError(path, f"line {lineno} ({key.strip()}): values are not numbers") from None
+            raise DataError(path, f"line {lineno} ({key}): values are not numbers") from None
         if nums.size != 12:
-            raise DataError(path, f"line {lineno} ({key.strip()}): expected 12 numbers, found {nums.size}")
-        calib[key.strip()] = nums.reshape(3, 4)
+            raise DataError(path, f"line {lineno} ({key}): expected 12 numbers, found {nums.size}")
+        calib[key] = nums.reshape(3, 4)
     missing = [k for k in CALIB_KEYS if k not in calib]
     if missing:
         raise DataError(path, f"calibration lacks {', '.join(missing)}")
@@ -156,6 +159,29 @@ def read_poses(path: PathLike) -> np.ndarray:
 def write_poses(path: PathLike, poses: np.ndarray) -> None:
     rows = np.asarray(poses)[:, :3].reshape(len(poses), 12)
     atomic_write_bytes(path, "".join(" ".join(f"{v:.9e}" for v in r) + "\n" for r in rows).encode())
+
+
+def read_indexed_poses(path: PathLike, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """KITTI-360 pose tables, one ``index`` + row-major matrix per line: ``pose.txt`` (rows=3: 3x4 vehicle -> world)
+    or ``cam0_to_world.txt`` (rows=4: 4x4). -> (frame indices int64 (N,), poses float64 (N, 4, 4))."""
+    if rows not in (3, 4):
+        raise ValueError(f"rows must be 3 (3x4 poses) or 4 (4x4 poses), got {rows}")
+    table = _read_table(path, 1 + 4 * rows, "indexed pose")
+    index = table[:, 0]
+    if (index != np.round(index)).any() or (index < 0).any():
+        raise DataError(path, "the first column (frame index) must hold non-negative integers")
+    if (np.diff(index) <= 0).any():
+        raise DataError(path, "frame indices must increase from line to line")
+    poses = np.tile(np.eye(4), (len(table), 1, 1))
+    poses[:, :rows] = table[:, 1:].reshape(-1, rows, 4)  # (N, rows, 4)
+    return index.astype(np.int64), poses
+
+
+def write_indexed_poses(path: PathLike, index: np.ndarray, poses: np.ndarray, rows: int) -> None:
+    """Inverse of :func:`read_indexed_poses`: ``index`` then the top ``rows`` rows of each (4, 4) pose per line."""
+    flat = np.asarray(poses)[:, :rows].reshape(len(poses), 4 * rows)  # (N, rows*4)
+    text = "".join(f"{int(i)} " + " ".join(f"{v:.9e}" for v in r) + "\n" for i, r in zip(index, flat))
+    atomic_write_bytes(path, text.encode())
 
 
 def read_times(path: PathLike) -> np.ndarray:
@@ -252,11 +278,18 @@ def write_point_labels(path: PathLike, semantic: np.ndarray, instance: np.ndarra
 # --- small file helpers -------------------------------------------------------------------------------------------
 
 def load_npy(path: PathLike) -> np.ndarray:
+    """A ``.npy`` file holding one numeric (bool / integer / float) array; anything else is a DataError."""
     _file_size(path)
     try:
-        return np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise DataError(path, f"not a readable .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray):  # np.load opens an .npz archive saved under a .npy name as an NpzFile
+        arr.close()
+        raise DataError(path, f"expected a single .npy array, found an .npz archive ({type(arr).__name__})")
+    if arr.dtype.kind not in "biuf":
+        raise DataError(path, f"expected a numeric array, found dtype {arr.dtype}")
+    return arr
 
 
 def _tmp_path(path: PathLike) -> str:

@@ -11,22 +11,11 @@ import pytest
 
 from ssckit.data import io
 from ssckit.data.check import check_dataset
-from ssckit.data.synth import generate
-
-
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SemanticKITTI-layout synth data shared by the synth, check-data and learnability tests (built once)."""
-    root = tmp_path_factory.getbasetemp() / "synth_semantic_kitti"
-    if not (root / ".complete").exists():
-        generate(root, frames=6, seed=0, sequences=["00"], image_scale=0.25)
-        generate(root, frames=3, seed=0, sequences=["08"], image_scale=0.25)
-        (root / ".complete").touch()
-    return root
 
 
 @pytest.fixture(scope="module")
-def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_root(tmp_path_factory)
+def clean(synth_root: Path) -> Path:
+    return synth_root
 
 
 @pytest.fixture()
@@ -50,7 +39,8 @@ def _check_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str
 def test_clean_synth_data_passes(clean: Path, capsys: pytest.CaptureFixture) -> None:
     code, out = _check_cli([str(clean), "--depth-root", str(clean / "depth")], capsys)
     assert code == 0
-    assert "2 sequences, 9 SSC frames" in out and "0 errors" in out and "ERROR" not in out
+    # test sequence 11 ships voxels/*.bin only (no .label / .invalid / .occluded, no point labels): not an error
+    assert "3 sequences, 10 SSC frames" in out and "0 errors" in out and "ERROR" not in out
 
 
 def _truncate(path: Path, keep: float = 0.5) -> None:
@@ -161,3 +151,37 @@ def test_cli_exit_code_and_summary_on_faults(copy: Path, capsys: pytest.CaptureF
     assert f"ERROR [missing] {copy / 'sequences/08/image_2/000005.png'}" in out
     assert f"ERROR [size] {copy / 'sequences/08/voxels/000000.label'}" in out
     assert "2 errors (1 missing, 1 size)" in out.splitlines()[-1]
+
+
+def test_kitti360_drive_calib_pose_tables_and_default_label_root(tmp_path: Path) -> None:
+    root = tmp_path / "k360"
+    drive = root / "data_2d_raw" / "2013_05_28_drive_0006_sync"
+    io.write_voxel_mask(drive / "voxels" / "000000.bin", np.zeros((256, 256, 32), bool))
+    io.write_voxel_label(drive / "voxels" / "000000.label", np.zeros((256, 256, 32), np.uint16))
+    io.write_voxel_mask(drive / "voxels" / "000000.invalid", np.zeros((256, 256, 32), bool), packed=False)
+    for cam in ("image_00", "image_01"):
+        io.write_image(drive / cam / "data_rect" / "000000.png", np.zeros((4, 6, 3), np.uint8))
+    p2 = np.array([[110.0, 0, 136, 0], [0, 110, 47, 0], [0, 0, 1, 0]])
+    p3 = p2.copy()
+    p3[0, 3] = -66.0
+    io.write_calib(drive / "calib.txt", {"P0": p2, "P1": p3, "P2": p2, "P3": p3, "Tr": np.eye(4)})
+    io.write_indexed_poses(drive / "pose.txt", np.array([3, 8]), np.tile(np.eye(4), (2, 1, 1)), rows=3)
+    io.write_indexed_poses(drive / "cam0_to_world.txt", np.array([3, 8]), np.tile(np.eye(4), (2, 1, 1)), rows=4)
+    assert not check_dataset(root, "kitti_360").problems  # no preprocess/labels folder: targets not checked
+    labels = root / "preprocess" / "labels" / drive.name
+    labels.mkdir(parents=True)
+    np.save(labels / "000000_1_1.npy", np.full((256, 256, 32), 19, np.uint8))  # KITTI-360 has classes 0..18
+    (drive / "calib.txt").write_text((drive / "calib.txt").read_text().replace("P2: 1.1", "P2: x.1"))
+    (drive / "pose.txt").write_text("3 1 0 0\n")  # 4 numbers, not index + 12
+    (drive / "cam0_to_world.txt").write_text("8 " + " ".join(["0"] * 16) + "\n3 " + " ".join(["0"] * 16) + "\n")
+    report = check_dataset(root, "kitti_360")
+    assert {(p.path, p.kind) for p in report.errors} == {
+        (str(labels / "000000_1_1.npy"), "target"),  # default label root <root>/preprocess/labels
+        (str(drive / "calib.txt"), "calib"),
+        (str(drive / "pose.txt"), "layout"),
+        (str(drive / "cam0_to_world.txt"), "layout"),  # indices must increase
+    }, [str(p) for p in report.problems]
+    # an R0_rect line (9 numbers) next to the required keys is fine
+    io.write_calib(drive / "calib.txt", {"P0": p2, "P1": p3, "P2": p2, "P3": p3, "Tr": np.eye(4)})
+    (drive / "calib.txt").write_text("R0_rect: 1 0 0 0 1 0 0 0 1\n" + (drive / "calib.txt").read_text())
+    assert str(drive / "calib.txt") not in {p.path for p in check_dataset(root, "kitti_360").problems}

@@ -107,6 +107,22 @@ def test_calib_errors_name_the_file(tmp_path):
         io.read_calib(p)
 
 
+def test_calib_ignores_unused_keys_but_checks_the_required_ones(tmp_path):
+    p = tmp_path / "calib.txt"
+    rows = "".join(f"{k}: " + " ".join(str(i + 12 * n) for i in range(12)) + "\n"
+                   for n, k in enumerate(("P0", "P1", "P2", "P3", "Tr")))
+    p.write_text("R0_rect: 1 0 0 0 1 0 0 0 1\n" + rows + "Tr_imu_velo: x y\ncomment line\n")
+    out = io.read_calib(p)
+    assert sorted(out) == ["P0", "P1", "P2", "P3", "Tr"]
+    assert out["P2"][1, 0] == 28.0 and out["Tr"][2, 3] == 59.0 and out["Tr"][3].tolist() == [0, 0, 0, 1]
+    p.write_text("R0_rect: 1 0 0 0 1 0 0 0 1\n" + rows.replace("P3: 36", "P3: 3x6"))
+    with pytest.raises(DataError, match=r"calib\.txt: line 5 \(P3\): values are not numbers"):
+        io.read_calib(p)
+    p.write_text(rows.replace("Tr: 48 49", "Tr: 49"))  # 11 numbers
+    with pytest.raises(DataError, match=r"calib\.txt: line 5 \(Tr\): expected 12 numbers, found 11"):
+        io.read_calib(p)
+
+
 def test_poses_and_times_round_trip(tmp_path):
     rng = np.random.default_rng(3)
     poses = np.tile(np.eye(4), (5, 1, 1))
@@ -200,3 +216,20 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     io.save_npy(tmp_path / "sub" / "g.npy", np.arange(3))
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["f.bin", "g.npy"]
     np.testing.assert_array_equal(io.load_npy(tmp_path / "sub" / "g.npy"), [0, 1, 2])
+
+
+def test_load_npy_rejects_npz_and_non_numeric_arrays(tmp_path):
+    np.savez(tmp_path / "a.npz", x=np.zeros(3))
+    (tmp_path / "a.npz").rename(tmp_path / "packed.npy")  # an .npz archive saved under a .npy name
+    with pytest.raises(DataError, match=r"packed\.npy: .*\.npz archive"):
+        io.load_npy(tmp_path / "packed.npy")
+    np.save(tmp_path / "words.npy", np.array(["road", "car"]))
+    with pytest.raises(DataError, match=r"words\.npy: .*numeric.*<U4"):
+        io.load_npy(tmp_path / "words.npy")
+    with pytest.raises(DataError, match=r"words\.npy"):
+        io.read_depth(tmp_path / "words.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(DataError, match=r"objects\.npy"):
+        io.load_npy(tmp_path / "objects.npy")
+    np.save(tmp_path / "ok.npy", np.array([True, False]))
+    assert io.load_npy(tmp_path / "ok.npy").dtype == bool

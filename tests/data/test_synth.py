@@ -12,6 +12,7 @@ import yaml
 
 from ssckit.data import io
 from ssckit.data.datasets import KITTI360, SemanticKITTI
+from ssckit.data.datasets.kitti_360 import CAM0_TO_VELO
 from ssckit.data.labels import SEMANTIC_KITTI
 from ssckit.data.synth import colour_family, generate
 from ssckit.data.synth.world import build_world
@@ -20,19 +21,9 @@ from ssckit.data.synth.writer import sequence_salt
 ORIGIN = np.array([0.0, -25.6, -2.0])
 
 
-def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SemanticKITTI-layout synth data shared by the synth, check-data and learnability tests (built once)."""
-    root = tmp_path_factory.getbasetemp() / "synth_semantic_kitti"
-    if not (root / ".complete").exists():
-        generate(root, frames=6, seed=0, sequences=["00"], image_scale=0.25)
-        generate(root, frames=3, seed=0, sequences=["08"], image_scale=0.25)
-        (root / ".complete").touch()
-    return root
-
-
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synth_root(tmp_path_factory)
+def root(synth_root: Path) -> Path:
+    return synth_root
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +55,18 @@ def test_layout_and_file_sizes(root: Path) -> None:
     # KITTI image sizes scaled by 0.25: 00 is 1241 x 376, 08 is 1226 x 370 (rounded half to even)
     assert io.read_image(root / "sequences" / "00" / "image_2" / "000000.png").shape == (94, 310, 3)
     assert io.read_image(seq / "image_3" / "000005.png").shape == (92, 306, 3)
+
+
+def test_test_sequence_has_only_bin_voxels_and_reads_as_unlabelled(root: Path) -> None:
+    seq = root / "sequences" / "11"
+    assert sorted(p.name for p in (seq / "voxels").iterdir()) == ["000000.bin"]  # no .label / .invalid / .occluded
+    assert not (seq / "labels").exists() and (seq / "velodyne" / "000000.bin").is_file()  # no point labels either
+    assert (seq / "image_2" / "000000.png").is_file() and (seq / "image_3" / "000000.png").is_file()
+    test = SemanticKITTI(root, split="test", sequences=["11"], depth_root=root / "depth")
+    (f,) = test.frames
+    assert f == ("11", "000000") and not test.has_labels(f)
+    assert test.read_input_voxels(f).sum() > 1000 and test.read_depth(f).shape == test.read_image(f).shape[:2]
+    assert test.read_calib("11")["P2"][0, 0] == pytest.approx(707.0912 * 0.25)  # 04-12 intrinsics (§1.6)
 
 
 def test_calibration_is_scaled_kitti_stereo(root: Path) -> None:
@@ -188,9 +191,19 @@ def test_kitti360_layout_via_cli(tmp_path: Path) -> None:
     from ssckit.commands import check_data, synth
 
     out = tmp_path / "k360"
-    assert _run(synth, [str(out), "--dataset", "kitti_360", "--sequences", "0009", "--frames", "1",
+    assert _run(synth, [str(out), "--dataset", "kitti_360", "--sequences", "0009", "--frames", "2",
                         "--image-scale", "0.2", "--seed", "3"]) == 0
     drive = out / "data_2d_raw" / "2013_05_28_drive_0009_sync"
+    # pose tables keyed by frame index (datasets.md §4): index + 3x4 vehicle -> world, index + 4x4 cam0 -> world
+    assert [len(line.split()) for line in (drive / "pose.txt").read_text().splitlines()] == [13] * 6
+    assert [len(line.split()) for line in (drive / "cam0_to_world.txt").read_text().splitlines()] == [17] * 6
+    index, cam0_to_world = io.read_indexed_poses(drive / "cam0_to_world.txt", rows=4)
+    pose_index, vehicle = io.read_indexed_poses(drive / "pose.txt", rows=3)
+    assert index.tolist() == pose_index.tolist() == [0, 1, 2, 3, 4, 5]
+    assert np.allclose(cam0_to_world[0], np.eye(4), atol=1e-9)  # world = cam0 of frame 0
+    velo_to_cam0 = np.linalg.inv(CAM0_TO_VELO)
+    assert np.allclose(vehicle, cam0_to_world @ velo_to_cam0, atol=1e-6)  # vehicle frame = velodyne frame
+    assert 2.0 < cam0_to_world[5][2, 3] < 8.0  # 5 frames later the camera is 2-8 m further along its optical axis
     assert (drive / "voxels" / "000000.invalid").stat().st_size == 2_097_152  # one byte per voxel
     assert not (drive / "voxels" / "000000.occluded").exists()
     assert (out / "depth" / "2013_05_28_drive_0009_sync" / "000000.npy").is_file()

@@ -17,7 +17,7 @@ from ssckit.data import io
 from ssckit.data.labels import IGNORE, LabelTable
 from ssckit.errors import DataError, SsckitError
 
-_FRAME_FILE = re.compile(r"^(\d{6})\.bin$")
+_FRAME_FILE = {ext: re.compile(rf"^(\d{{6}})\.{ext}$") for ext in ("bin", "label")}
 _SCALE = re.compile(r"^1_(\d+)$")
 
 
@@ -44,6 +44,8 @@ class SSCDataset:
 
     Subclasses define the class attributes and the layout hooks (``_normalize_sequence``, ``sequence_dir``,
     ``image_path``, ``depth_path``, ``read_calib``) and the invalid rule (``_force_labelled_valid``).
+    Frames are enumerated from ``voxels/NNNNNN.bin`` (the model input), or with ``frames_from="label"`` from the
+    ground-truth ``voxels/NNNNNN.label`` files, as the official evaluation does.
     """
 
     name: ClassVar[str]
@@ -65,7 +67,11 @@ class SSCDataset:
         label_root: str | os.PathLike | None = None,
         depth_root: str | os.PathLike | None = None,
         v10_z_shift: bool = False,
+        frames_from: str = "bin",
     ) -> None:
+        if frames_from not in _FRAME_FILE:
+            raise ValueError(f"frames_from must be one of {sorted(_FRAME_FILE)}, got {frames_from!r}")
+        self.frames_from = frames_from
         self.root = Path(root)
         self.label_root = None if label_root is None else Path(label_root)
         self.depth_root = None if depth_root is None else Path(depth_root)
@@ -111,10 +117,12 @@ class SSCDataset:
         if not seq_dir.is_dir():
             raise DataError(seq_dir, f"sequence folder of {seq} not found")
         vox_dir = seq_dir / "voxels"
+        pattern = _FRAME_FILE[self.frames_from]
         names = sorted(m.group(1) for p in (vox_dir.iterdir() if vox_dir.is_dir() else ())
-                       if (m := _FRAME_FILE.match(p.name)))
+                       if (m := pattern.match(p.name)))
         if not names:
-            raise DataError(vox_dir, f"no voxels/NNNNNN.bin under {seq_dir}")
+            hint = " (ground truth; test sequences ship none)" if self.frames_from == "label" else ""
+            raise DataError(vox_dir, f"no voxels/NNNNNN.{self.frames_from}{hint} under {seq_dir}")
         return [FrameId(seq, n) for n in names]
 
     def __len__(self) -> int:

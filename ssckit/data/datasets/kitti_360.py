@@ -53,6 +53,7 @@ class KITTI360(SSCDataset):
         label_root: preprocessed targets ``<label_root>/<drive>/NNNNNN_1_1.npy``; default ``<root>/preprocess/labels``.
         depth_root: stereo depth ``<depth_root>/<drive>/NNNNNN.npy``.
         v10_z_shift: must stay False (the z shift concerns SemanticKITTI v1.0 grids only).
+        frames_from: enumerate frames from ``voxels/*.bin`` (default) or from the ground truth ``voxels/*.label``.
     """
 
     name: ClassVar[str] = "kitti_360"
@@ -76,12 +77,13 @@ class KITTI360(SSCDataset):
         label_root: str | os.PathLike | None = None,
         depth_root: str | os.PathLike | None = None,
         v10_z_shift: bool = False,
+        frames_from: str = "bin",
     ) -> None:
         if v10_z_shift:
             raise SsckitError("kitti_360: v10_z_shift applies to SemanticKITTI v1.0 grids only")
         if label_root is None:
             label_root = Path(root) / "preprocess" / "labels"
-        super().__init__(root, split, sequences, label_root, depth_root, v10_z_shift)
+        super().__init__(root, split, sequences, label_root, depth_root, v10_z_shift, frames_from)
 
     def _check_root(self) -> None:
         if not (self.root / "data_2d_raw").is_dir():

@@ -25,6 +25,7 @@ class SemanticKITTI(SSCDataset):
         label_root: folder of preprocessed targets ``<label_root>/XX/NNNNNN_1_1.npy``.
         depth_root: folder of stereo depth ``<depth_root>/sequences/XX/NNNNNN.npy``.
         v10_z_shift: the voxel files are pre-Aug-2020 "v1.0" grids (shifted up one voxel): shift them down.
+        frames_from: enumerate frames from ``voxels/*.bin`` (default) or from the ground truth ``voxels/*.label``.
     """
 
     name: ClassVar[str] = "semantic_kitti"

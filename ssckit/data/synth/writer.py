@@ -1,9 +1,12 @@
 """Write synthetic sequences in the exact on-disk layout of SemanticKITTI or SSCBench-KITTI-360 (datasets.md §1, §4).
 
 SemanticKITTI: ``OUT/sequences/XX/{calib,poses,times}.txt``, ``image_2/``, ``image_3/``, ``velodyne/``, ``labels/``,
-``voxels/NNNNNN.{bin,label,invalid,occluded}``; depth ``OUT/depth/sequences/XX/NNNNNN.npy``.
+``voxels/NNNNNN.{bin,label,invalid,occluded}``; depth ``OUT/depth/sequences/XX/NNNNNN.npy``. Test sequences 11-21
+get, like the real data, no ground truth: ``voxels/*.bin`` only and no point ``labels/``.
 KITTI-360: ``OUT/data_2d_raw/2013_05_28_drive_00NN_sync/{image_00,image_01}/data_rect/``, ``voxels/NNNNNN.{bin,label,
-invalid}`` (``.invalid`` unpacked, one byte per voxel), ``cam0_to_world.txt``; depth ``OUT/depth/<drive>/NNNNNN.npy``.
+invalid}`` (``.invalid`` unpacked, one byte per voxel), ``pose.txt`` (index + 3x4 vehicle -> world; the synthetic
+vehicle frame is the velodyne frame) and ``cam0_to_world.txt`` (index + 4x4), keyed by frame index, world = cam0 of
+frame 0; depth ``OUT/depth/<drive>/NNNNNN.npy``.
 Poses/times cover every frame index; images, scans and voxels exist for every 5th index (the SSC frames).
 """
 from __future__ import annotations
@@ -129,6 +132,10 @@ class Layout:
     def write_scan(self, seq: str, frame: str, scan: Scan) -> None:
         """Per-frame LiDAR files (only SemanticKITTI ships them)."""
 
+    def labelled(self, seq: str) -> bool:
+        """Whether the sequence ships ground truth (.label / .invalid / .occluded, point labels)."""
+        return True
+
 
 class SemanticKittiLayout(Layout):
     name = "semantic_kitti"
@@ -159,7 +166,11 @@ class SemanticKittiLayout(Layout):
 
     def write_scan(self, seq: str, frame: str, scan: Scan) -> None:
         io.write_scan(self.seq_dir(seq) / "velodyne" / f"{frame}.bin", scan.points)
-        io.write_point_labels(self.seq_dir(seq) / "labels" / f"{frame}.label", scan.raw, scan.instance)
+        if self.labelled(seq):
+            io.write_point_labels(self.seq_dir(seq) / "labels" / f"{frame}.label", scan.raw, scan.instance)
+
+    def labelled(self, seq: str) -> bool:
+        return not 11 <= int(seq) <= 21  # the test sequences ship only voxels/*.bin (datasets.md §1.1)
 
 
 class Kitti360Layout(Layout):
@@ -190,8 +201,9 @@ class Kitti360Layout(Layout):
         return kitti360_rig(scale)
 
     def write_meta(self, seq: str, rig: CameraRig, cam_poses: np.ndarray, times: np.ndarray, scale: float) -> None:
-        rows = [f"{i} " + " ".join(f"{v:.9e}" for v in p.reshape(-1)) + "\n" for i, p in enumerate(cam_poses)]
-        io.atomic_write_bytes(self.seq_dir(seq) / "cam0_to_world.txt", "".join(rows).encode())
+        index = np.arange(len(cam_poses))
+        io.write_indexed_poses(self.seq_dir(seq) / "cam0_to_world.txt", index, cam_poses, rows=4)
+        io.write_indexed_poses(self.seq_dir(seq) / "pose.txt", index, cam_poses @ rig.Tr, rows=3)  # velodyne -> world
         if scale != 1.0:  # the readers' fixed calibration is full size: record the scaled one next to the images
             io.write_calib(self.seq_dir(seq) / "calib.txt", {**rig.P, "Tr": rig.Tr})
 
@@ -233,6 +245,7 @@ def generate_sequence(layout: Layout, seq: str, frames: int, seed: int, image_sc
             views[i] = panorama(world, pose, time) if layout.sight == "panorama" else scan_at(i).view
         return views[i]
 
+    labelled = layout.labelled(seq)  # unlabelled (test) frames need no lines of sight: no .invalid to decide
     written = []
     for i in range(0, last + 1, FRAME_STEP):
         frame = f"{i:06d}"
@@ -240,7 +253,7 @@ def generate_sequence(layout: Layout, seq: str, frames: int, seed: int, image_sc
             for k in [k for k in cache if k < i + min(WINDOW)]:
                 del cache[k]
         scan = scan_at(i)
-        window = [view_at(i)] + [view_at(i + o) for o in WINDOW if o != 0]
+        window = [view_at(i)] + [view_at(i + o) for o in WINDOW if o != 0] if labelled else []
         write_frame(layout, seq, frame, world, rig, i, scan, window, _rng(seed, salt, 5, i))
         written.append(frame)
         if progress is not None:
@@ -250,7 +263,8 @@ def generate_sequence(layout: Layout, seq: str, frames: int, seed: int, image_sc
 
 def write_frame(layout: Layout, seq: str, frame: str, world: World, rig: CameraRig, index: int, scan: Scan,
                 views: list[RangeView], rng: np.random.Generator) -> None:
-    """All files of SSC frame ``index``; ``views[0]`` is the line-of-sight view from the frame's own pose."""
+    """All files of SSC frame ``index``; ``views[0]`` is the line-of-sight view from the frame's own pose (no views:
+    an unlabelled test frame, written without ground truth)."""
     traj = world.trajectory
     time, pose = float(traj.time(index)), traj.pose(index)
     cam0 = pose @ np.linalg.inv(rig.Tr)  # world <- cam0
@@ -264,11 +278,13 @@ def write_frame(layout: Layout, seq: str, frame: str, world: World, rig: CameraR
             bf = rig.baseline * rig.K[0, 0]
             io.save_npy(layout.depth_path(seq, frame), stereo_depth(hits.t, bf, rng))
     layout.write_scan(seq, frame, scan)
-    labels = rasterize(world, pose, time, GRID)
     bin_mask = occupancy(scan.points, GRID)
+    io.write_voxel_mask(layout.voxel_path(seq, frame, "bin"), bin_mask)
+    if not views:
+        return
+    labels = rasterize(world, pose, time, GRID)
     invalid, occluded = visibility(pose, views, GRID, bin_mask)
     labels[invalid] = 0  # like the real data, only what some pose observed carries a label
-    io.write_voxel_mask(layout.voxel_path(seq, frame, "bin"), bin_mask)
     io.write_voxel_label(layout.voxel_path(seq, frame, "label"), labels)
     io.write_voxel_mask(layout.voxel_path(seq, frame, "invalid"), invalid, packed=layout.packed_invalid)
     if "occluded" in layout.voxel_exts:
