@@ -12,6 +12,7 @@ import sys
 
 # The only registry of commands: name -> module.
 COMMANDS: dict[str, str] = {
+    "demo": "ssckit.commands.demo",
     "synth": "ssckit.commands.synth",
     "check-data": "ssckit.commands.check_data",
     "preprocess": "ssckit.commands.preprocess",

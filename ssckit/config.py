@@ -2,9 +2,10 @@
 
 A config file is a partial of the whole tree (keys ``name``, ``seed``, ``run_root``, ``data``, ``model``,
 ``schedule``, ``trainer``, ``checkpoint``) plus an optional ``defaults`` list of other files to merge first, named
-``<group>/<name>`` under the config directory (``configs/{dataset,model,schedule,experiment}/``). Layers are merged
-in order: schema defaults -> ``defaults`` (depth first) -> the file's own keys -> ``key=value`` overrides from the
-command line -> data roots (command-line flags, else the run's saved config, else ``SSCKIT_*_ROOT`` variables).
+``<group>/<name>`` under the config directory (the package's ``ssckit/configs/{dataset,model,schedule,experiment}/``,
+installed with it as package data, or ``--config-dir`` / ``$SSCKIT_CONFIG_DIR``). Layers are merged in order: schema
+defaults -> ``defaults`` (depth first) -> the file's own keys -> ``key=value`` overrides from the command line ->
+data roots (command-line flags, else ``SSCKIT_*_ROOT`` variables, else the roots saved in a run's config).
 Config files may not set data roots. An unknown or misspelled key or a value of the wrong type is an
 :class:`~ssckit.errors.SsckitError` naming the key and the file (or "command line").
 
@@ -33,10 +34,13 @@ from ssckit.errors import SsckitError
 
 # --- locating and reading files ----------------------------------------------------------------------------------
 
+PACKAGE_CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data (editable or not)
+
+
 def default_config_dir() -> Path:
-    """``$SSCKIT_CONFIG_DIR``, else the repository's ``configs/`` next to the package."""
+    """``$SSCKIT_CONFIG_DIR``, else the configs shipped inside the package (``ssckit/configs``)."""
     env = os.environ.get(CONFIG_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+    return Path(env) if env else PACKAGE_CONFIG_DIR
 
 
 def list_configs(group: str, config_dir: Path | None = None) -> list[str]:
@@ -230,8 +234,8 @@ def _norm(v: Any) -> Any:
 
 def compose(layers: list[Layer], roots: dict[str, str | None] | None = None,
             roots_fallback: dict[str, str | None] | None = None) -> ExperimentConfig:
-    """Merge ``layers`` onto the schema, fill data roots (``roots``, then ``roots_fallback``, then the environment),
-    build the model's typed config and validate everything."""
+    """Merge ``layers`` onto the schema, fill data roots (``roots``, then a ``data.<root>=`` override, then the
+    environment, then ``roots_fallback`` = a saved run's roots), build the model's typed config and validate."""
     OmegaConf = _omegaconf()[0]
     root = OmegaConf.structured(ExperimentConfig)
     model_layers: list[Layer] = []
@@ -247,8 +251,8 @@ def compose(layers: list[Layer], roots: dict[str, str | None] | None = None,
             model_layers.append((source, section))
         root = _merge(root, tree, source)
     for key, env in ROOT_ENV.items():
-        value = (roots or {}).get(key) or OmegaConf.select(root, f"data.{key}") or (roots_fallback or {}).get(key) \
-            or os.environ.get(env) or None
+        value = (roots or {}).get(key) or OmegaConf.select(root, f"data.{key}") or os.environ.get(env) \
+            or (roots_fallback or {}).get(key) or None
         root.data[key] = str(value) if value is not None else None
     cfg: ExperimentConfig = OmegaConf.to_object(root)
     if not name:

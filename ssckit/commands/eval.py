@@ -2,8 +2,9 @@
 
 Prints the per-class IoU table, mIoU (classes 1..N-1) and completion IoU / precision / recall, and writes
 scores.yaml with the keys of semantic-kitti-api's scores.txt (iou_completion, iou_mean, iou_<class>; values in
-0..1) plus precision and recall. The config saved inside the checkpoint is used; KEY=VALUE overrides and data
-roots apply on top. Hardware defaults to one process (trainer.devices=1); several processes give the same scores
+0..1) plus precision and recall. The config saved inside the checkpoint is used; KEY=VALUE overrides apply on top,
+and data roots come from --data-root etc., else SSCKIT_*_ROOT variables, else the roots saved in the checkpoint.
+Hardware defaults to one process (trainer.devices=1); several processes give the same scores
 (trainer.devices=2 trainer.strategy=ddp). With data.grid_scale > 1 the scores are at that coarser grid, not
 the official 256x256x32 protocol.
 

@@ -4,8 +4,9 @@ Files: OUT/sequences/<seq>/predictions/<frame>.label (flat uint16 RAW ids throug
 SemanticKITTI server format; a coarser data.grid_scale grid is repeated up to 256x256x32) and/or <frame>.npy
 (uint8 learning ids at the model grid). For the SemanticKITTI test split (or with --zip) OUT/submission.zip is
 made ready for the server; check it with `ssckit validate-submission`. Score .label files against ground truth
-with `ssckit evaluate --pred OUT`. The config saved inside the checkpoint is used; KEY=VALUE overrides and data
-roots apply on top; hardware defaults to one process.
+with `ssckit evaluate --pred OUT`. The config saved inside the checkpoint is used; KEY=VALUE overrides apply on
+top; data roots come from --data-root etc., else SSCKIT_*_ROOT variables, else the checkpoint's saved roots;
+hardware defaults to one process. `ssckit render --pred OUT` draws .label or .npy predictions (any grid_scale).
 
 examples:
   ssckit predict --ckpt runs/symphonies_semantic_kitti/20250101-120000/checkpoints/best.ckpt --split test \\

@@ -6,9 +6,10 @@ a legend of the classes present. Error colours: correct = muted class colour, wr
 = red, false negative = blue; GT-ignored (255) voxels are drawn as empty.
 
 Predictions: PRED_ROOT/sequences/<seq>/predictions/<frame>.label (uint16 raw ids, as submitted; mapped to learning
-ids through the dataset's table) or <frame>.npy (learning ids, 255 = ignore). Ground truth: the dataset's .label +
-.invalid, or the preprocessed <seq>/<frame>_1_1.npy under --label-root. A frame without an image gets no image
-panel; a frame without labels (test split) gets no GT or error panels. Figures go to OUT_DIR/<seq>_<frame>.png.
+ids through the dataset's table) or <frame>.npy (learning ids, 255 = ignore; a coarser grid from data.grid_scale,
+e.g. 64x64x8, is repeated up to 256x256x32 as ssckit predict does for .label files). Ground truth: the dataset's
+.label + .invalid, or the preprocessed <seq>/<frame>_1_1.npy under --label-root. A frame without an image gets no
+image panel; a frame without labels (test split) gets no GT or error panels. Figures go to OUT_DIR/<seq>_<frame>.png.
 
 examples:
   ssckit render --data /data/semantic_kitti/dataset --split val --pred outputs/val --frames 10 --out figures/
@@ -118,15 +119,29 @@ def read_prediction(path: Path, labels: LabelTable, grid: tuple[int, int, int]) 
                                   f"(e.g. {np.unique(raw[bad])[:5].tolist()}); .label predictions hold raw ids")
         return labels.lut[raw]
     arr = io.load_npy(path)
-    if arr.shape != tuple(grid):
-        raise DataError(path, f"prediction has shape {arr.shape}, expected {tuple(grid)}")
     if arr.dtype.kind not in "iub":
         raise DataError(path, f"prediction must hold integer learning ids, found dtype {arr.dtype}")
     bad = ((arr < 0) | (arr >= labels.num_classes)) & (arr != IGNORE)
     if bad.any():
         raise DataError(path, f"prediction holds id {int(arr[bad].flat[0])}; {labels.name} learning ids are "
                               f"0..{labels.num_classes - 1} (255 = ignore)")
-    return arr.astype(np.uint8)
+    return upsample_grid(arr.astype(np.uint8), grid, path)
+
+
+def upsample_grid(arr: np.ndarray, grid: tuple[int, int, int], path: Path) -> np.ndarray:
+    """A (X/s, Y/s, Z/s) grid repeated s times along each axis to ``grid`` (nearest); s must be one integer."""
+    from ssckit.errors import DataError
+
+    shape, grid = tuple(arr.shape), tuple(grid)
+    if shape == grid:
+        return arr
+    factors = {g // n if n and g % n == 0 else 0 for n, g in zip(shape, grid)} if len(shape) == len(grid) else {0}
+    if len(factors) != 1 or 0 in factors:
+        example = "x".join(str(g // 4) for g in grid)
+        raise DataError(path, f"prediction has shape {shape}; expected {grid} or that divided by one integer factor "
+                              f"on every axis (e.g. {example} for data.grid_scale=4)")
+    s = factors.pop()
+    return arr.repeat(s, axis=0).repeat(s, axis=1).repeat(s, axis=2)  # (X, Y, Z)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,16 +1,19 @@
 """Train a model from a composed config; checkpoints every epoch (last.ckpt) and the best val mIoU (best.ckpt).
 
-The config is an experiment (configs/experiment/<name>.yaml or any YAML path) plus KEY=VALUE overrides (given
-after the options; values are YAML, e.g. data.batch_size=2 trainer.precision=bf16-mixed
+The config is an experiment (a name from the configs shipped in ssckit/configs/experiment/, or any YAML path) plus
+KEY=VALUE overrides (given after the options; values are YAML, e.g. data.batch_size=2 trainer.precision=bf16-mixed
 schedule.optimizer.lr=1e-4). A group can be swapped by name: dataset=kitti_360, model=symphonies_tiny,
 schedule=adamw_lr1e-4_30e_clip5. Unknown keys are errors. Data roots come from --data-root / --label-root /
---depth-root or SSCKIT_DATA_ROOT / SSCKIT_LABEL_ROOT / SSCKIT_DEPTH_ROOT, never from config files.
+--depth-root / --teacher-cache-root, else SSCKIT_DATA_ROOT / SSCKIT_LABEL_ROOT / SSCKIT_DEPTH_ROOT /
+SSCKIT_TEACHER_CACHE_ROOT, else (--resume, eval, predict) the roots saved in the run; never from config files.
 
-A run writes <run_dir>/config.yaml (the resolved config), checkpoints/{last,best}.ckpt (atomic writes),
-logs/version_N/metrics.csv (losses, learning rates, per-class IoU) and, when tensorboard is installed, tb/.
-SIGTERM or Ctrl-C saves checkpoints/last.ckpt after the current step and exits (143 / 130); --resume continues
-exactly (weights, optimizer, scheduler, RNG, epoch and position in the epoch). A NaN / inf loss stops the run
-with the step named.
+Before the run folder is made, the data is checked: the roots the pipeline reads (layout, depth maps, labels, the
+teacher cache of model.teacher=cache) and one sample of the training and validation sets; a problem is one line
+and exit status 2. A run writes <run_dir>/config.yaml (the resolved config), checkpoints/{last,best}.ckpt (atomic
+writes), logs/version_N/metrics.csv and tb/version_N/ (TensorBoard: losses, learning rates, per-class IoU).
+SIGTERM or Ctrl-C saves checkpoints/last.ckpt after the current training step or validation batch and exits
+(143 / 130); --resume continues exactly (weights, optimizer, scheduler, RNG, epoch and position in the epoch; an
+interrupted validation is run again). A NaN / inf loss stops the run with the step named.
 
 Multi-GPU: trainer.devices=4 trainer.strategy=ddp (SyncBN with trainer.sync_batchnorm=true); mixed precision:
 trainer.precision=bf16-mixed or 16-mixed; schedule.accumulate_grad_batches=N; schedule.gradient_clip_val=X;
@@ -20,6 +23,7 @@ examples:
   ssckit train --config symphonies_semantic_kitti --data-root /data/semantic_kitti/dataset \\
       --label-root /data/semantic_kitti/labels --depth-root /data/semantic_kitti/depth
   ssckit train --config symphonies_semantic_kitti trainer.devices=1 data.flip_mode=exact
+  ssckit train --config vlscene_semantic_kitti --teacher-cache-root /data/vlscene_teacher
   ssckit train --config symphonies_semantic_kitti --print-config
   ssckit train --resume runs/symphonies_semantic_kitti/20250101-120000
 """
@@ -40,15 +44,20 @@ def add_root_arguments(parser: argparse.ArgumentParser) -> None:
                         help="preprocessed targets <seq>/<frame>_1_1.npy (default: $SSCKIT_LABEL_ROOT; without "
                              "it targets are computed from voxels/*.label)")
     parser.add_argument("--depth-root", metavar="DIR", help="stereo depth maps (default: $SSCKIT_DEPTH_ROOT)")
+    parser.add_argument("--teacher-cache-root", metavar="DIR",
+                        help="`ssckit cache-teacher` outputs for VLScene distillation (default: "
+                             "$SSCKIT_TEACHER_CACHE_ROOT)")
     parser.add_argument("--config-dir", type=Path, metavar="DIR",
-                        help="folder of dataset/ model/ schedule/ experiment/ YAML groups (default: the repository's "
-                             "configs/ or $SSCKIT_CONFIG_DIR)")
+                        help="folder of dataset/ model/ schedule/ experiment/ YAML groups (default: "
+                             "$SSCKIT_CONFIG_DIR, else the configs shipped in the ssckit package)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides after the options, e.g. data.batch_size=2 trainer.devices=1")
 
 
 def roots_from_args(args: argparse.Namespace) -> dict[str, str | None]:
-    return {"data_root": args.data_root, "label_root": args.label_root, "depth_root": args.depth_root}
+    """Roots given on the command line (they beat the environment, which beats a saved run's roots)."""
+    return {"data_root": args.data_root, "label_root": args.label_root, "depth_root": args.depth_root,
+            "teacher_cache_root": args.teacher_cache_root}
 
 
 def _experiments() -> str:
@@ -111,7 +120,10 @@ def run(args: argparse.Namespace) -> int:
         print(to_yaml(cfg), end="")
         return 0
     run_dir = Path(os.environ.get(engine.RUN_DIR_ENV) or run_dir)  # DDP workers join process 0's folder
-    engine.check_data(cfg)  # before creating the run folder
+    if rank_zero_only.rank == 0:
+        for line in engine.recipe_warnings(cfg):
+            print(f"ssckit train: warning: {line}", file=sys.stderr)
+    engine.check_data(cfg)  # roots + one train / val sample, before creating the run folder
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")

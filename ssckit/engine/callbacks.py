@@ -76,9 +76,11 @@ class TrainingInterrupted(SsckitError):
 
 
 class GracefulStop(Callback):
-    """On SIGTERM / SIGINT during training: finish the current optimizer step, save ``path`` and stop with
-    :class:`TrainingInterrupted`. A signal during the end-of-epoch validation takes effect after the epoch's
-    checkpoints and the next step. A second signal stops at once. Every process agrees (one all-reduce per step)."""
+    """On SIGTERM / SIGINT during fitting: finish the current optimizer step or validation batch, save ``path`` and
+    stop with :class:`TrainingInterrupted`. A checkpoint saved during validation records that validation as not yet
+    run, so ``--resume`` runs all of it again. A second signal stops at once. Every process agrees: one all-reduce
+    per training batch and per validation batch that every process has (evaluation shards may be uneven; a signal
+    during a longer shard's extra batches takes effect at the next training step)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -86,6 +88,9 @@ class GracefulStop(Callback):
         self.path = Path(path)
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._val_synced_batches = 0  # validation batches every process runs (the all-reduce is safe there)
+        self._val_start: dict[str, int] | None = None  # validation progress totals when the validation began
+        self._in_validation = False
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.received is not None:  # second signal: give up waiting
@@ -115,6 +120,39 @@ class GracefulStop(Callback):
         stop = trainer.strategy.reduce_boolean_decision(self.received is not None, all=False)
         if stop and not accumulating:
             self._stop(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            self._val_synced_batches = 0
+            return
+        total = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total
+        # a resumed interrupted validation starts from the "1 batch started, none processed" state saved below
+        total.ready = total.started = total.processed = total.completed
+        self._val_start = total.state_dict()
+        n = sum(trainer.num_val_batches)
+        n = torch.tensor(float(n) if n != float("inf") else 0.0, device=pl_module.device)
+        self._val_synced_batches = int(trainer.strategy.reduce(n, reduce_op="min")) if trainer.world_size > 1 \
+            else int(n)
+
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:
+        if batch_idx >= self._val_synced_batches:
+            return
+        if trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):
+            self._in_validation = True
+            self._stop(trainer)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if not (self._in_validation and self._val_start is not None):
+            return
+        # Lightning resumes a validation that was "started but not processed" (restarted mid-evaluation) from a fresh
+        # loader; mark it so at its first batch, so the whole validation (and its checkpoints) runs again on resume.
+        done = self._val_start["completed"]
+        key = "epoch_loop.val_loop.batch_progress"
+        progress = checkpoint["loops"]["fit_loop"][key]
+        progress["total"] = {"ready": done + 1, "started": done + 1, "processed": done, "completed": done}
+        progress["current"] = {"ready": 1, "started": 1, "processed": 0, "completed": 0}
+        progress["is_last_batch"] = False
 
     def _stop(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path)

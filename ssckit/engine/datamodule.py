@@ -188,8 +188,11 @@ class SSCDataModule(L.LightningDataModule):
 
     def _eval_loader(self, stage: str) -> DataLoader:
         rank, world = self._rank_world()
-        sampler = EpochSampler(len(self.reader(stage).frames), shuffle=False, seed=self.seed, rank=rank,
-                               world_size=world, pad=False)
+        size = len(self.reader(stage).frames)
+        if size < world:  # a process without frames would skip the loop and its collectives: the others would hang
+            raise SsckitError(f"{size} {'evaluation' if stage == 'val' else stage} frame(s) for {world} processes: "
+                              "each process needs at least one (use fewer trainer.devices)")
+        sampler = EpochSampler(size, shuffle=False, seed=self.seed, rank=rank, world_size=world, pad=False)
         return self._loader(stage, sampler, self.cfg.eval_batch_size)
 
     def val_dataloader(self) -> DataLoader:

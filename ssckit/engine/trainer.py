@@ -5,11 +5,10 @@ fit / validate / predict. Run folder layout::
     <run_dir>/checkpoints/last.ckpt       every epoch (and on SIGTERM / SIGINT), atomic
     <run_dir>/checkpoints/best.ckpt       best ``checkpoint.monitor`` (val/mIoU)
     <run_dir>/logs/version_N/metrics.csv  losses, learning rates, per-class IoU (one version per session)
-    <run_dir>/tb/version_N/               TensorBoard events (only if tensorboard / tensorboardX is installed)
+    <run_dir>/tb/version_N/               TensorBoard events of the same values
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from contextlib import contextmanager
@@ -34,20 +33,17 @@ _QUIET = (r".*does not have many workers.*", r".*sync_dist=True.*", r".*Experime
           r".*checkpoint that ended before the epoch ended.*", r".*Checkpoint directory .* exists and is not empty.*")
 
 
-def tensorboard_available() -> bool:
-    return any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX"))
-
-
 def build_loggers(run_dir: Path) -> list[Any]:
-    """CSV logs always; TensorBoard as well when tensorboard or tensorboardX can be imported."""
-    from lightning.pytorch.loggers import CSVLogger
+    """CSV logs (``logs/``) and TensorBoard events (``tb/``); a missing tensorboard package is a one-line error."""
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="logs")]
-    if tensorboard_available():
-        from lightning.pytorch.loggers import TensorBoardLogger
-
-        loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tb", default_hp_metric=False))
-    return loggers
+    try:
+        import tensorboard  # noqa: F401  (a core dependency of ssckit)
+    except ImportError:
+        raise SsckitError("TensorBoard logging needs the tensorboard package (a dependency of ssckit): "
+                          "pip install tensorboard") from None
+    return [CSVLogger(save_dir=str(run_dir), name="logs"),
+            TensorBoardLogger(save_dir=str(run_dir), name="tb", default_hp_metric=False)]
 
 
 def uses_gpu(accelerator: str) -> bool:
@@ -148,13 +144,76 @@ def shared_run_dir(run_dir: Path) -> Iterator[None]:
             os.environ[RUN_DIR_ENV] = old
 
 
-def check_data(cfg: ExperimentConfig) -> SSCDataModule:
-    """The training DataModule with its readers built: a wrong root or layout fails here, in one line."""
+ROOT_FLAGS = {"data_root": "--data-root", "label_root": "--label-root", "depth_root": "--depth-root",
+              "teacher_cache_root": "--teacher-cache-root"}
+ROOT_NEEDS = {"data_root": "", "label_root": "",
+              "depth_root": "the pipeline reads stereo depth maps (data.use_depth=true); pass --depth-root DIR or set "
+                            "SSCKIT_DEPTH_ROOT, or set data.use_depth=false",
+              "teacher_cache_root": "model.teacher=cache distils from `ssckit cache-teacher` outputs; pass "
+                                    "--teacher-cache-root DIR or set SSCKIT_TEACHER_CACHE_ROOT, or set "
+                                    "model.teacher=none"}
+
+
+def needed_roots(cfg: ExperimentConfig, stage: str) -> dict[str, bool]:
+    """The data roots read at ``stage`` ("train", "val" or "predict"): root key -> required (else read if set).
+    A pipeline class declares its own with ``roots(data_cfg, stage) -> {key: required}``."""
+    from ssckit.data.pipelines import get_pipeline
+
+    pipeline = get_pipeline(cfg.data.pipeline or cfg.model.name)
+    needed = {"data_root": True, "label_root": False}
+    needed.update(pipeline.roots(cfg.data, stage) if hasattr(pipeline, "roots") else {})
+    m = cfg.model.config
+    if stage == "train" and getattr(m, "teacher", None) == "cache" and not getattr(m, "teacher_cache_root", None):
+        needed["teacher_cache_root"] = True  # distillation from `ssckit cache-teacher` outputs
+    return needed
+
+
+def check_roots(cfg: ExperimentConfig, stage: str, optional: bool = True) -> None:
+    """Every root ``stage`` needs is set and is a folder, and (``optional``) so is every other root it reads when
+    set; one-line errors naming the flag and the variable."""
+    from ssckit.config import ROOT_ENV
+    from ssckit.errors import DataError
+
+    for key, required in needed_roots(cfg, stage).items():
+        value = getattr(cfg.data, key)
+        what = key.replace("_", " ")
+        if not value:
+            if required:
+                raise SsckitError(f"no {what}: " + (ROOT_NEEDS.get(key) or f"pass {ROOT_FLAGS[key]} DIR or set "
+                                                                           f"{ROOT_ENV[key]}"))
+            continue
+        if (required or optional) and not Path(value).is_dir():
+            raise DataError(Path(value), f"{what} not found (from {ROOT_FLAGS[key]} / {ROOT_ENV[key]} or the run's "
+                                         "saved config)")
+
+
+def check_data(cfg: ExperimentConfig, samples: bool = True) -> SSCDataModule:
+    """The training DataModule with its readers built, the other roots checked (:func:`check_roots`) and
+    (``samples``) the first sample of the training and validation sets built: a wrong root, layout or file fails
+    here, in one line."""
     dm = build_datamodule(cfg)
-    dm.reader("train")
+    dm.reader("train")  # the data root and its layout first
+    check_roots(cfg, "train")
     if has_validation(cfg):
         dm.reader("val")
+        check_roots(cfg, "val")
+    if samples:
+        dm.dataset("train")[(0, cfg.seed, 0)]  # with its augmentation key, as the sampler gives it
+        if has_validation(cfg):
+            dm.dataset("val")[0]
     return dm
+
+
+def recipe_warnings(cfg: ExperimentConfig) -> list[str]:
+    """Lines worth a warning before training: a Symphonies run on a dataset split from a random encoder."""
+    m = cfg.model.config
+    split_data = cfg.data.train_split is not None and not cfg.data.train_sequences  # synthetic configs list sequences
+    if cfg.model.name == "symphonies" and not getattr(m, "pretrained_encoder", True) and split_data \
+            and cfg.schedule.max_epochs > 1:
+        return [f"model.pretrained_encoder=false: training Symphonies on {cfg.data.dataset} split "
+                f"{cfg.data.train_split!r} from a random encoder; the official recipe starts from the MaskDINO COCO "
+                "checkpoint (model.pretrained_encoder=true model.encoder_checkpoint=FILE)"]
+    return []
 
 
 def fit(cfg: ExperimentConfig, run_dir: Path, resume: Path | None = None,
@@ -162,7 +221,7 @@ def fit(cfg: ExperimentConfig, run_dir: Path, resume: Path | None = None,
     """Train (or continue from ``resume``) into ``run_dir``."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg)
-    dm = check_data(cfg)
+    dm = check_data(cfg, samples=False)
     trainer = build_trainer(cfg, "fit", run_dir, callbacks)
     for logger in trainer.loggers:
         logger.log_hyperparams(to_dict(cfg))
@@ -233,6 +292,7 @@ def validate(cfg: ExperimentConfig, ckpt: dict[str, Any], ckpt_path: Path, split
     L.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg)
     load_weights(module, ckpt, ckpt_path)
+    check_roots(cfg, "val", optional=False)  # a stale saved label root falls back to voxels/*.label
     dm = build_datamodule(cfg, split, sequences)
     dm.reader("val")
     trainer = build_trainer(cfg, "validate")
@@ -247,6 +307,7 @@ def predict(cfg: ExperimentConfig, ckpt: dict[str, Any], ckpt_path: Path, split:
     L.seed_everything(cfg.seed, verbose=False)
     module = build_module(cfg)
     load_weights(module, ckpt, ckpt_path)
+    check_roots(cfg, "predict", optional=False)
     dm = build_datamodule(cfg, split, sequences)
     dm.reader("predict")
     trainer = build_trainer(cfg, "predict", callbacks=[writer])

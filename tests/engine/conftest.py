@@ -46,3 +46,15 @@ def tiny_data(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def tiny_yaml(tmp_path) -> Path:
     return tiny_experiment_yaml(tmp_path / "tiny.yaml")
+
+
+@pytest.fixture(scope="session")
+def stereo_data(tmp_path_factory) -> Path:
+    """Synthetic SemanticKITTI layout with stereo images and LiDAR (``ssckit synth`` at image scale 0.2): training
+    sequence 00 (2 frames), validation sequence 08 (2 frames); depth maps under ``<root>/depth``."""
+    from ssckit.data.synth import generate
+
+    root = tmp_path_factory.mktemp("stereo_synth")
+    for seq, frames in (("00", 2), ("08", 2)):
+        generate(root, frames=frames, seed=3, sequences=[seq], image_scale=0.2)
+    return root

@@ -133,7 +133,7 @@ def write_fake_semantic_kitti(root: Path, frames: dict[str, int], seed: int = 0,
 
 
 def tiny_experiment_yaml(path: Path, **data_overrides) -> Path:
-    """An experiment file for the tiny model (schedule from the repository's configs)."""
+    """An experiment file for the tiny model (schedule from the configs shipped in ssckit/configs)."""
     import yaml
 
     data = {"dataset": "semantic_kitti", "pipeline": "symphonies", "train_split": None, "val_split": None,

@@ -1,6 +1,9 @@
-"""`ssckit train / eval / predict`: complete --help, one-line user errors, and the train -> eval -> predict flow."""
+"""`ssckit train / eval / predict`: complete --help, one-line user errors, data checked before the run folder, root
+precedence, exit status on signals, and the train -> eval -> predict flow."""
 from __future__ import annotations
 
+import argparse
+import signal
 import zipfile
 
 import numpy as np
@@ -22,14 +25,17 @@ def _help(main, command: str, capsys) -> str:
 def test_help_is_complete(engine_cli, capsys):
     text = _help(engine_cli, "train", capsys)
     for word in ("--config", "--run-dir", "--resume", "--print-config", "--data-root", "--label-root",
-                 "--depth-root", "--config-dir", "KEY=VALUE", "symphonies_semantic_kitti", "SIGTERM", "examples:",
-                 "trainer.precision=bf16-mixed", "trainer.strategy=ddp", "SSCKIT_DATA_ROOT"):
+                 "--depth-root", "--teacher-cache-root", "--config-dir", "KEY=VALUE", "symphonies_semantic_kitti",
+                 "symphonies_tiny_synthetic", "SIGTERM", "examples:", "trainer.precision=bf16-mixed",
+                 "trainer.strategy=ddp", "SSCKIT_DATA_ROOT", "SSCKIT_TEACHER_CACHE_ROOT", "tb/"):
         assert word in text, word
     text = _help(engine_cli, "eval", capsys)
-    for word in ("--ckpt", "--split", "--sequences", "--out", "scores.yaml", "--data-root", "KEY=VALUE"):
+    for word in ("--ckpt", "--split", "--sequences", "--out", "scores.yaml", "--data-root", "--teacher-cache-root",
+                 "KEY=VALUE"):
         assert word in text, word
     text = _help(engine_cli, "predict", capsys)
-    for word in ("--ckpt", "--format", "--zip", "--no-zip", "--description", "submission.zip", ".label", ".npy"):
+    for word in ("--ckpt", "--format", "--zip", "--no-zip", "--description", "submission.zip", ".label", ".npy",
+                 "--teacher-cache-root"):
         assert word in text, word
 
 
@@ -60,8 +66,84 @@ def test_user_errors_are_one_line(engine_cli, tiny_yaml, tiny_data, tmp_path, ca
         engine_cli(["--debug", "predict", "--ckpt", str(tmp_path / "nope.ckpt")])
 
 
-def test_train_eval_predict_flow(engine_cli, tiny_yaml, tiny_data, tmp_path, capsys):
+ROOT_VARS = ("SSCKIT_DATA_ROOT", "SSCKIT_LABEL_ROOT", "SSCKIT_DEPTH_ROOT", "SSCKIT_TEACHER_CACHE_ROOT")
+
+
+def test_data_is_checked_before_the_run_folder(engine_cli, tiny_yaml, tiny_data, tmp_path, capsys, monkeypatch):
+    for env in ROOT_VARS:
+        monkeypatch.delenv(env, raising=False)
+    run, missing = tmp_path / "run", tmp_path / "nowhere"
+    base = ["train", "--config", str(tiny_yaml), "--run-dir", str(run), f"--data-root={tiny_data['data_root']}"]
+    err = _one_line_error(engine_cli, base, capsys)  # the symphonies pipeline reads depth maps
+    assert "no depth root" in err and "--depth-root" in err and "SSCKIT_DEPTH_ROOT" in err
+    err = _one_line_error(engine_cli, [*base, f"--depth-root={missing}"], capsys)
+    assert f"{missing}: depth root not found" in err
+    depth = [f"--depth-root={tiny_data['depth_root']}"]
+    err = _one_line_error(engine_cli, [*base, *depth, f"--label-root={missing}"], capsys)
+    assert f"{missing}: label root not found" in err and "--label-root" in err
+    # depth maps of the training sequence only: the first validation sample fails, naming the file
+    partial = tmp_path / "depth"
+    (partial / "sequences").mkdir(parents=True)
+    (partial / "sequences" / "00").symlink_to(tiny_data["depth_root"] / "sequences" / "00")
+    err = _one_line_error(engine_cli, [*base, f"--depth-root={partial}"], capsys)
+    assert err.startswith("ssckit train: error: frame 08/000000: ") and "08/000000.npy" in err
+    monkeypatch.setenv("SSCKIT_DEPTH_ROOT", str(tiny_data["depth_root"]))  # the flag beats the environment
+    err = _one_line_error(engine_cli, [*base, f"--depth-root={partial}"], capsys)
+    assert "08/000000.npy" in err
+    assert not run.exists()
+    assert engine_cli([*base, "data.use_depth=false", "--print-config"]) == 0  # depth not read: not needed
+
+
+def test_vlscene_teacher_cache_is_checked(engine_cli, stereo_data, tmp_path, capsys, monkeypatch):
+    for env in ROOT_VARS:
+        monkeypatch.delenv(env, raising=False)
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    argv = ["train", "--config", "vlscene_tiny_synthetic", "--run-dir", str(run), "--data-root", str(stereo_data),
+            "model.teacher=cache", "data.num_workers=0"]
+    err = _one_line_error(engine_cli, argv, capsys)
+    assert "no teacher cache root" in err and "--teacher-cache-root" in err and "SSCKIT_TEACHER_CACHE_ROOT" in err
+    monkeypatch.setenv("SSCKIT_TEACHER_CACHE_ROOT", str(tmp_path / "missing"))
+    err = _one_line_error(engine_cli, argv, capsys)
+    assert f"{tmp_path / 'missing'}: teacher cache root not found" in err
+    cache.mkdir()
+    err = _one_line_error(engine_cli, [*argv, "--teacher-cache-root", str(cache)], capsys)  # flag beats env
+    assert "frame 00/000000" in err and str(cache / "00" / "000000.npz") in err and "cache-teacher" in err
+    assert not run.exists()
+
+
+def test_symphonies_random_encoder_warning(engine_cli, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SSCKIT_DATA_ROOT", raising=False)
+    argv = ["train", "--run-dir", str(tmp_path / "run")]
+    assert engine_cli([*argv, "--config", "symphonies_semantic_kitti"]) == 2  # then: no data root
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("ssckit train: error: no data root")
+    assert lines[0].startswith("ssckit train: warning: model.pretrained_encoder=false") and "MaskDINO" in lines[0]
+    for extra in (["model.pretrained_encoder=true"], ["schedule.max_epochs=1"]):
+        assert engine_cli([*argv, "--config", "symphonies_semantic_kitti", *extra]) == 2
+        assert "warning" not in capsys.readouterr().err
+    assert engine_cli([*argv, "--config", "symphonies_tiny_synthetic"]) == 2  # synthetic sequences: no warning
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_interrupted_training_exit_status(engine_cli, tiny_yaml, tiny_data, tmp_path, capsys, monkeypatch, signum,
+                                          status):
+    from ssckit.engine import trainer as engine
+    from ssckit.engine.callbacks import TrainingInterrupted
+
+    def interrupted_fit(cfg, run_dir, resume=None, callbacks=None):
+        raise TrainingInterrupted(signum, run_dir / "checkpoints" / "last.ckpt", 0, 3)
+
+    monkeypatch.setattr(engine, "fit", interrupted_fit)
     roots = [f"--{k.replace('_', '-')}={v}" for k, v in tiny_data.items()]
+    assert engine_cli(["train", "--config", str(tiny_yaml), "--run-dir", str(tmp_path / "r"), *roots]) == status
+    err = capsys.readouterr().err
+    assert f"stopped by {signal.Signals(signum).name} at epoch 0, step 3" in err and "--resume" in err
+
+
+def test_train_eval_predict_flow(engine_cli, tiny_yaml, tiny_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SSCKIT_TEACHER_CACHE_ROOT", raising=False)
+    roots = [f"--{k.replace('_', '-')}={v}" for k, v in tiny_data.items()] + ["--teacher-cache-root=/saved/cache"]
     run = tmp_path / "run"
     assert engine_cli(["train", "--config", str(tiny_yaml), "--print-config", "schedule.max_epochs=1", *roots]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
@@ -80,6 +162,26 @@ def test_train_eval_predict_flow(engine_cli, tiny_yaml, tiny_data, tmp_path, cap
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert (last["epoch"], last["global_step"]) == (1, 6)
     assert (run / "logs" / "version_1" / "metrics.csv").is_file()
+    assert list((run / "tb" / "version_1").glob("events.out.tfevents.*"))
+
+    # roots: command line > environment > the run's saved config (train --resume, eval, predict alike)
+    from ssckit.commands import eval as eval_cmd, predict as predict_cmd
+
+    def teacher_root(command, *argv: str) -> str:
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        return eval_cmd.load_for(parser.parse_args(["--ckpt", str(ckpt), *argv]))[0].data.teacher_cache_root
+
+    assert teacher_root(eval_cmd) == "/saved/cache" and teacher_root(predict_cmd) == "/saved/cache"
+    monkeypatch.setenv("SSCKIT_TEACHER_CACHE_ROOT", "/env/cache")
+    assert teacher_root(eval_cmd) == "/env/cache" and teacher_root(predict_cmd) == "/env/cache"
+    assert teacher_root(predict_cmd, "--teacher-cache-root", "/flag/cache") == "/flag/cache"
+    capsys.readouterr()
+    assert engine_cli(["train", "--resume", str(run), "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["teacher_cache_root"] == "/env/cache"
+    assert engine_cli(["train", "--resume", str(run), "--print-config", "--teacher-cache-root", "/flag"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["teacher_cache_root"] == "/flag"
+    monkeypatch.delenv("SSCKIT_TEACHER_CACHE_ROOT")
 
     assert engine_cli(["eval", "--ckpt", str(ckpt), "--out", str(tmp_path / "ev")]) == 0
     out = capsys.readouterr().out

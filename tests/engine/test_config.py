@@ -32,6 +32,23 @@ def test_every_config_file_is_short_and_every_experiment_composes():
         assert cfg.model.config is not None and cfg.name == name, model
 
 
+def test_configs_ship_inside_the_package(tmp_path, monkeypatch):
+    import ssckit
+
+    package_dir = Path(ssckit.__file__).resolve().parent / "configs"
+    monkeypatch.delenv("SSCKIT_CONFIG_DIR", raising=False)
+    assert default_config_dir() == package_dir  # package data: works from a non-editable install
+    assert {"symphonies_tiny_synthetic", "symphonies_semantic_kitti", "vlscene_tiny_synthetic"} <= \
+        set(list_configs("experiment"))
+    assert not (package_dir.parents[1] / "configs").exists()  # no second copy at the repository root
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("defaults: [experiment/mine2]\n")
+    monkeypatch.setenv("SSCKIT_CONFIG_DIR", str(tmp_path))
+    assert default_config_dir() == tmp_path and list_configs("experiment") == ["mine"]
+    with pytest.raises(SsckitError, match=rf"experiment/mine2.*not found.*{tmp_path}"):
+        load_config("mine")
+
+
 def test_symphonies_recipe_values():
     cfg = load_config("symphonies_semantic_kitti")
     opt, sch = cfg.schedule.optimizer, cfg.schedule.scheduler
@@ -181,10 +198,21 @@ def test_data_roots_from_flags_env_never_files(tmp_path, monkeypatch):
     with pytest.raises(SsckitError, match=r"data\.data_root must not be set.*--data-root"):
         load_config(str(bad))
 
-    # a saved run config keeps its roots (they beat the environment, flags beat them)
-    saved = to_dict(load_config("symphonies_semantic_kitti", roots={"data_root": "/run/data"}))
+    # a saved run config's roots are the last resort: flags beat the environment, which beats them
+    monkeypatch.setenv("SSCKIT_LABEL_ROOT", "/env/labels")
+    saved = to_dict(load_config("symphonies_semantic_kitti", roots={"data_root": "/run/data",
+                                                                    "teacher_cache_root": "/run/cache"}))
+    assert (saved["data"]["label_root"], saved["data"]["teacher_cache_root"]) == ("/env/labels", "/run/cache")
+    monkeypatch.delenv("SSCKIT_DATA_ROOT")
+    monkeypatch.delenv("SSCKIT_LABEL_ROOT")
     assert load_config(base=saved).data.data_root == "/run/data"
-    assert load_config(base=saved, roots={"data_root": "/new"}).data.data_root == "/new"
+    assert load_config(base=saved).data.label_root == "/env/labels"
+    monkeypatch.setenv("SSCKIT_DATA_ROOT", "/env/data")
+    monkeypatch.setenv("SSCKIT_TEACHER_CACHE_ROOT", "/env/cache")
+    cfg = load_config(base=saved)
+    assert (cfg.data.data_root, cfg.data.teacher_cache_root) == ("/env/data", "/env/cache")
+    cfg = load_config(base=saved, roots={"data_root": "/new", "teacher_cache_root": "/flag/cache"})
+    assert (cfg.data.data_root, cfg.data.teacher_cache_root) == ("/new", "/flag/cache")
 
 
 def test_saved_config_round_trip(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,10 @@ def test_datamodule_loaders(tiny_data):
     t = val[0]["target"][0]
     assert (t[:, :10, 0] == 9).float().mean() > 0.9  # road (raw 40) on the ground layer
     assert (t[:, 26:, 1] == 13).float().mean() > 0.9  # building (raw 50) above the far sidewalk
+    # every process must get an evaluation frame (unpadded shards), else the others wait forever in collectives
+    dm.trainer = types.SimpleNamespace(global_rank=3, world_size=4)
+    with pytest.raises(SsckitError, match="3 evaluation frame.*4 processes"):
+        dm.val_dataloader()
 
 
 def test_missing_root_and_layout_are_one_line_errors(tmp_path, tiny_data):

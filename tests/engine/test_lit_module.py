@@ -79,7 +79,13 @@ def test_fit_with_options_writes_csv_logs(tiny_model, tiny_yaml, tiny_data, tmp_
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
     kinds = sorted(type(lg).__name__ for lg in trainer.loggers)
-    assert kinds == (["CSVLogger", "TensorBoardLogger"] if engine.tensorboard_available() else ["CSVLogger"])
+    assert kinds == ["CSVLogger", "TensorBoardLogger"]
+    events = list((tmp_path / "run" / "tb" / "version_0").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set(EventAccumulator(str(events[0])).Reload().Tags()["scalars"])
+    assert {"train/loss_step", "val/mIoU", "val/iou_car", "lr-AdamW/encoder"} <= tags
     with open(tmp_path / "run" / "logs" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     cols = set(rows[0])
@@ -89,6 +95,14 @@ def test_fit_with_options_writes_csv_logs(tiny_model, tiny_yaml, tiny_data, tmp_
     assert lr and lr[0] == pytest.approx(2e-5)
     miou = [float(r["val/mIoU"]) for r in rows if r["val/mIoU"]]
     assert len(miou) == 1 and 0.0 <= miou[0] <= 1.0
+
+
+def test_missing_tensorboard_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # import tensorboard -> ImportError
+    with pytest.raises(SsckitError, match="needs the tensorboard package.*pip install tensorboard"):
+        engine.build_loggers(tmp_path)
 
 
 def test_non_finite_loss_stops_naming_the_step(tiny_model, tiny_yaml, tiny_data, tmp_path):

@@ -1,8 +1,9 @@
-"""A run killed by SIGTERM (mid-epoch, or during the end-of-epoch validation) and resumed from its checkpoint ends
-with exactly the weights and metrics of an uninterrupted run (dropout and flips make RNG handling matter; a
-loader worker makes the sampler hand-over matter)."""
+"""A run killed by SIGTERM mid-epoch, or by SIGINT during the end-of-epoch validation, and resumed from its
+checkpoint ends with exactly the weights and metrics of an uninterrupted run (dropout and flips make RNG handling
+matter; a loader worker makes the sampler hand-over matter); an interrupted validation is run again on resume."""
 from __future__ import annotations
 
+import csv
 import os
 import signal
 
@@ -18,15 +19,16 @@ pytestmark = pytest.mark.slow
 
 
 class KillAt(L.Callback):
-    """Sends this process SIGTERM after training step ``step`` or during validation of epoch ``val_epoch``."""
+    """Sends this process ``signum`` after training step ``step`` or during validation of epoch ``val_epoch``."""
 
-    def __init__(self, step: int | None = None, val_epoch: int | None = None) -> None:
-        self.step, self.val_epoch, self.sent = step, val_epoch, False
+    def __init__(self, step: int | None = None, val_epoch: int | None = None,
+                 signum: int = signal.SIGTERM) -> None:
+        self.step, self.val_epoch, self.signum, self.sent = step, val_epoch, signum, False
 
     def _kill(self) -> None:
         if not self.sent:  # once: a second signal means "stop now"
             self.sent = True
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
@@ -55,20 +57,37 @@ def reference(cfg, tmp_path):
     return _state(module), module.last_scores
 
 
-@pytest.mark.parametrize("kill", [{"step": 4}, {"val_epoch": 0}], ids=["mid-epoch", "end-of-epoch-validation"])
+def _val_epochs(run) -> list[int]:
+    """Epochs of the validations logged by a run's second session (the resumed one)."""
+    with open(run / "logs" / "version_1" / "metrics.csv") as f:
+        return [int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/mIoU")]
+
+
+KILLS = {"mid-epoch": {"step": 4}, "validation": {"val_epoch": 0, "signum": signal.SIGINT}}
+
+
+@pytest.mark.parametrize("kill", list(KILLS))
 def test_killed_run_resumes_exactly(cfg, reference, tmp_path, kill):
     run = tmp_path / "killed"
+    killer = KillAt(**KILLS[kill])
+    default_handler = signal.getsignal(killer.signum)
     with pytest.raises(TrainingInterrupted) as e:
-        engine.fit(cfg, run, callbacks=[KillAt(**kill)])
+        engine.fit(cfg, run, callbacks=[killer])
     ckpt = run / "checkpoints" / "last.ckpt"
-    assert e.value.path == ckpt and ckpt.is_file() and e.value.signum == signal.SIGTERM
+    assert e.value.path == ckpt and ckpt.is_file() and e.value.signum == killer.signum
+    assert 128 + e.value.signum == {"mid-epoch": 143, "validation": 130}[kill]  # the exit status of ssckit train
     saved = torch.load(ckpt, map_location="cpu", weights_only=False)
-    assert saved["global_step"] == 4  # a signal during validation waits for the epoch's checkpoints + 1 step
-    assert (run / "checkpoints" / "best.ckpt").is_file()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert signal.getsignal(killer.signum) is default_handler  # handlers restored
+    if kill == "mid-epoch":
+        assert saved["global_step"] == 4 and (run / "checkpoints" / "best.ckpt").is_file()  # epoch 0 validated
+    else:  # stopped at the first of 2 validation batches of epoch 0 (3 frames, batch 2): no best checkpoint yet
+        assert (saved["epoch"], saved["global_step"]) == (0, 3)
+        assert not (run / "checkpoints" / "best.ckpt").exists()
 
     trainer, module = engine.fit(cfg, run, resume=ckpt)
     assert trainer.global_step == 9 and trainer.current_epoch == 3
+    assert _val_epochs(run) == ([1, 2] if kill == "mid-epoch" else [0, 1, 2])  # the interrupted one is redone
+    assert (run / "checkpoints" / "best.ckpt").is_file()
     ref_state, ref_scores = reference
     state = _state(module)
     assert state.keys() == ref_state.keys()

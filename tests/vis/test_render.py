@@ -257,6 +257,30 @@ def test_read_prediction_maps_raw_ids(tree):
     assert npy.suffix == ".npy" and read_prediction(npy, SEMANTIC_KITTI, GRID)[55, 125, 10] == CAR
 
 
+def test_coarse_npy_predictions_are_repeated_to_the_full_grid(tree, tmp_path, capsys):
+    from ssckit.commands.render import read_prediction
+    from ssckit.errors import DataError
+
+    data, pred = tree
+    path = pred / "sequences" / "08" / "predictions" / "000005.npy"
+    rng = np.random.default_rng(0)
+    coarse = rng.integers(0, 20, (64, 64, 8)).astype(np.uint8)  # data.grid_scale 4
+    coarse[0, 0, 0] = 255
+    np.save(path, coarse)
+    full = read_prediction(path, SEMANTIC_KITTI, GRID)
+    x, y, z = np.meshgrid(np.arange(256), np.arange(256), np.arange(32), indexing="ij")
+    np.testing.assert_array_equal(full, coarse[x // 4, y // 4, z // 4])  # voxel (x, y, z) lies in cell (x/4, y/4, z/4)
+    assert full.shape == GRID and full.dtype == np.uint8 and full[3, 3, 3] == 255 and full[4, 0, 0] == coarse[1, 0, 0]
+    for shape in ((60, 64, 8), (64, 64, 4), (64, 64)):  # not one integer factor on every axis
+        np.save(path, np.zeros(shape, np.uint8))
+        with pytest.raises(DataError, match=r"000005\.npy.*integer factor"):
+            read_prediction(path, SEMANTIC_KITTI, GRID)
+    np.save(path, coarse)
+    assert _main("--data", str(data), "--sequences", "08", "--frame-ids", "000005", "--pred", str(pred), "--out",
+                 str(tmp_path / "figs"), "--panel-width", "120", "--views", "bev", "--no-progress") == 0
+    assert (tmp_path / "figs" / "08_000005.png").is_file()
+
+
 def test_cli_frame_ids_and_missing_prediction(tree, tmp_path, capsys):
     data, pred = tree
     out = tmp_path / "figs"

@@ -36,10 +36,29 @@ from ssckit.errors import DataError
 _CACHE_BYTES = 256 << 20  # per worker: projections + tile ids of a few (sequence, flip) cameras
 
 
+def grid_target(reader: SSCDataset, frame: FrameId, grid_scale: int) -> np.ndarray:
+    """uint8 (X, Y, Z) learning ids at 256x256x32 / ``grid_scale``, 255 = ignore: ``<label_root>/<seq>/<frame>_1_<s>
+    .npy`` if present, else downsampled from ``_1_1.npy``, else computed from ``voxels/*.label`` + ``.invalid``
+    (shared by the pipelines)."""
+    s = grid_scale
+    if reader.label_root is not None:
+        if reader.target_path(frame, f"1_{s}").is_file():
+            return reader.read_target(frame, f"1_{s}")
+        if s != 1 and reader.target_path(frame, "1_1").is_file():
+            return downsample_labels(reader.read_target(frame, "1_1"), s)
+    full = reader.voxel_target(frame)
+    return full if s == 1 else downsample_labels(full, s)
+
+
 class SymphoniesPipeline:
     """Builds Symphonies samples from a dataset reader; ``stage`` is "train", "val" or "predict"."""
 
     input_size = staticmethod(image_size)  # (data_cfg, dataset_crop) -> model input (W, H)
+
+    @staticmethod
+    def roots(cfg: DataConfig, stage: str) -> dict[str, bool]:
+        """Data roots read besides the data / label roots: key -> required."""
+        return {"depth_root": True} if cfg.use_depth else {}
 
     def __init__(self, reader: SSCDataset, cfg: DataConfig, stage: str) -> None:
         self.reader = reader
@@ -107,15 +126,7 @@ class SymphoniesPipeline:
 
     def target(self, frame: FrameId) -> np.ndarray:
         """uint8 (X, Y, Z) learning ids at the model grid, 255 = ignore."""
-        s = self.cfg.grid_scale
-        r = self.reader
-        if r.label_root is not None:
-            if r.target_path(frame, f"1_{s}").is_file():
-                return r.read_target(frame, f"1_{s}")
-            if s != 1 and r.target_path(frame, "1_1").is_file():
-                return downsample_labels(r.read_target(frame, "1_1"), s)
-        full = r.voxel_target(frame)
-        return full if s == 1 else downsample_labels(full, s)
+        return grid_target(self.reader, frame, self.cfg.grid_scale)
 
     # --- geometry (cached per camera) ----------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from ssckit.config import DataConfig, image_size
 from ssckit.data import transforms as T
 from ssckit.data.datasets import FrameId, SSCDataset
 from ssckit.data.labels import IGNORE
-from ssckit.data.preprocess import downsample_labels
+from ssckit.data.pipelines.symphonies import grid_target
 from ssckit.errors import DataError, SsckitError
 
 
@@ -84,6 +84,11 @@ class VLScenePipeline:
     """Builds VLScene samples from a dataset reader; ``stage`` is "train", "val" or "predict"."""
 
     input_size = staticmethod(image_size)  # (data_cfg, dataset_crop) -> model input (W, H)
+
+    @staticmethod
+    def roots(cfg: DataConfig, stage: str) -> dict[str, bool]:
+        """Data roots read besides the data / label roots: key -> required (the teacher cache: when set)."""
+        return {"teacher_cache_root": False} if stage == "train" else {}
 
     def __init__(self, reader: SSCDataset, cfg: DataConfig, stage: str) -> None:
         if stage == "train" and cfg.flip_prob > 0:
@@ -136,14 +141,7 @@ class VLScenePipeline:
 
     def target(self, frame: FrameId) -> np.ndarray:
         """uint8 (X, Y, Z) learning ids at 256x256x32 / grid_scale, 255 = ignore."""
-        s, r = self.cfg.grid_scale, self.reader
-        if r.label_root is not None:
-            if r.target_path(frame, f"1_{s}").is_file():
-                return r.read_target(frame, f"1_{s}")
-            if s != 1 and r.target_path(frame, "1_1").is_file():
-                return downsample_labels(r.read_target(frame, "1_1"), s)
-        full = r.voxel_target(frame)
-        return full if s == 1 else downsample_labels(full, s)
+        return grid_target(self.reader, frame, self.cfg.grid_scale)
 
     def lidar(self, frame: FrameId, P2: np.ndarray, Tr: np.ndarray, post_rot: np.ndarray,
               post_tran: np.ndarray) -> dict[str, np.ndarray]:

@@ -12,8 +12,8 @@ teacher outputs ``vl_feat`` (B, 512, H/8, W/8) / ``vl_logits`` (B, 21, H/8, W/8)
 
 Teacher (training only, never part of the state dict): batch ``vl_feat``/``vl_logits`` if present (the vlscene
 pipeline reads them from ``data.teacher_cache_root``), else the teacher attached with :meth:`VLScene.set_teacher`,
-else the one ``cfg.teacher`` names, built on first use ("cache": :class:`CachedTeacher` over
-``model.teacher_cache_root`` read by frame id; "lseg": LSeg from local weights; "random": a fixed random stand-in;
+else the one ``cfg.teacher`` names, built on first use ("cache": ``ssckit cache-teacher`` outputs under
+``data.teacher_cache_root``, read by frame id; "lseg": LSeg from local weights; "random": a fixed random stand-in;
 "none": no distillation). Helpers (example batch, teacher factory, parameter counts) live in ``vlscene_utils``.
 """
 from __future__ import annotations
