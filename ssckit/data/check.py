@@ -11,6 +11,7 @@ frames at their ends). Problems are errors unless noted as warnings (things the 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import os
 import re
 from collections import Counter
@@ -226,7 +227,7 @@ def _check_calib(c: _Checker, path: Path) -> None:
         c.r.add(path, "calib", "Tr's rotation part is not a rotation matrix")
 
 
-class _Layout:
+class _Layout(ABC):
     name = ""
     voxel_exts: tuple[str, ...] = ()
     unpacked_invalid = False
@@ -234,20 +235,24 @@ class _Layout:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    @abstractmethod
     def sequences(self) -> list[str]:
-        raise NotImplementedError
+        """Subclass hook."""
 
+    @abstractmethod
     def seq_dir(self, seq: str) -> Path:
-        raise NotImplementedError
+        """Subclass hook."""
 
     def normalize(self, seq: str) -> str:
         return seq
 
+    @abstractmethod
     def image_dirs(self, seq: str) -> dict[str, Path]:
-        raise NotImplementedError
+        """Subclass hook."""
 
+    @abstractmethod
     def depth_path(self, depth_root: Path, seq: str, frame: str) -> Path:
-        raise NotImplementedError
+        """Subclass hook."""
 
     def target_seq(self, seq: str) -> str:
         return seq

@@ -6,6 +6,7 @@ projection (that is the model pipeline's job). Voxel grids are bool / uint16 / u
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import os
 import re
 from pathlib import Path
@@ -39,7 +40,7 @@ def shift_v10_grid(grid: np.ndarray, fill: bool | int) -> np.ndarray:
     return out
 
 
-class SSCDataset:
+class SSCDataset(ABC):
     """Base class: split/sequence selection, frame enumeration, voxel/target/depth readers.
 
     Subclasses define the class attributes and the layout hooks (``_normalize_sequence``, ``sequence_dir``,
@@ -87,8 +88,9 @@ class SSCDataset:
     def _check_root(self) -> None:
         """Raise DataError if ``root`` does not look like the dataset root (subclass hook)."""
 
+    @abstractmethod
     def _normalize_sequence(self, seq: str | int) -> str:
-        raise NotImplementedError
+        """Subclass hook."""
 
     def _select_sequences(self, split: str | None, sequences: Sequence[str] | None) -> list[str]:
         if split is not None and split not in self.SPLITS:
@@ -133,8 +135,9 @@ class SSCDataset:
 
     # --- paths -----------------------------------------------------------------------------------------------------
 
+    @abstractmethod
     def sequence_dir(self, seq: str) -> Path:
-        raise NotImplementedError
+        """Subclass hook."""
 
     def voxel_path(self, f: FrameId, ext: str) -> Path:
         """``<sequence_dir>/voxels/<frame>.<ext>``; ext in VOXEL_EXTS."""
@@ -155,11 +158,13 @@ class SSCDataset:
             raise SsckitError(f"{self.name}: depth_root (folder of stereo depth .npy maps) is not set")
         return self.depth_root
 
+    @abstractmethod
     def image_path(self, f: FrameId, cam: int = 2) -> Path:
-        raise NotImplementedError
+        """Subclass hook."""
 
+    @abstractmethod
     def depth_path(self, f: FrameId) -> Path:
-        raise NotImplementedError
+        """Subclass hook."""
 
     def scan_path(self, f: FrameId) -> Path:
         raise SsckitError(f"{self.name} has no per-frame LiDAR scans")
@@ -173,8 +178,9 @@ class SSCDataset:
 
     # --- readers ---------------------------------------------------------------------------------------------------
 
+    @abstractmethod
     def read_calib(self, seq: str) -> dict[str, np.ndarray]:
-        raise NotImplementedError
+        """Subclass hook."""
 
     def read_image(self, f: FrameId, cam: int = 2) -> np.ndarray:
         """Full-size uint8 (H, W, 3) RGB image (uncropped)."""

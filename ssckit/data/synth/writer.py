@@ -11,6 +11,8 @@ Poses/times cover every frame index; images, scans and voxels exist for every 5t
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -95,7 +97,7 @@ def kitti360_rig(scale: float) -> CameraRig:
     return CameraRig(int(round(w * scale)), int(round(h * scale)), P, np.linalg.inv(CAM0_TO_VELO), K360_BASELINE)
 
 
-class Layout:
+class Layout(ABC):
     """Where one dataset keeps each file, and how its ``.invalid`` is made: ``sight = "panorama"`` marks voxels in
     line of sight of no window pose (SemanticKITTI: open space above the scene counts as seen), ``"lidar"`` only
     what the LiDAR beams reached (SSCBench-KITTI-360: most of the volume is invalid)."""
@@ -108,26 +110,32 @@ class Layout:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
+    @abstractmethod
     def sequence(self, seq: str) -> str:
-        raise NotImplementedError
+        """Subclass hook."""
 
+    @abstractmethod
     def seq_dir(self, seq: str) -> Path:
-        raise NotImplementedError
+        """Subclass hook."""
 
+    @abstractmethod
     def image_path(self, seq: str, frame: str, right: bool) -> Path:
-        raise NotImplementedError
+        """Subclass hook."""
 
+    @abstractmethod
     def depth_path(self, seq: str, frame: str) -> Path:
-        raise NotImplementedError
+        """Subclass hook."""
 
     def voxel_path(self, seq: str, frame: str, ext: str) -> Path:
         return self.seq_dir(seq) / "voxels" / f"{frame}.{ext}"
 
+    @abstractmethod
     def rig(self, seq: str, scale: float, rng: np.random.Generator) -> CameraRig:
-        raise NotImplementedError
+        """Subclass hook."""
 
+    @abstractmethod
     def write_meta(self, seq: str, rig: CameraRig, cam_poses: np.ndarray, times: np.ndarray, scale: float) -> None:
-        raise NotImplementedError
+        """Subclass hook."""
 
     def write_scan(self, seq: str, frame: str, scan: Scan) -> None:
         """Per-frame LiDAR files (only SemanticKITTI ships them)."""

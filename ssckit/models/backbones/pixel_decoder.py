@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssckit.ops.linear import linear
 from ssckit.ops.msda import MultiScaleDeformableAttention
 
 
@@ -86,7 +87,10 @@ class DeformableEncoderLayer(nn.Module):
                 level_start_index: Tensor) -> Tensor:
         """x, pos (B, N, C); reference_points (B, N, L, 2) normalized (x, y); spatial_shapes (L, 2) (h, w)."""
         x = self.norm1(self.attn(x, x, reference_points, spatial_shapes, level_start_index, query_pos=pos))
-        return self.norm2(x + self.ffn(x))
+        if self.training and any(m.p > 0 for m in (self.ffn[2], self.ffn[4])):
+            return self.norm2(x + self.ffn(x))
+        fc1, fc2 = self.ffn[0], self.ffn[3]  # ReLU and the residual fused into the linears (ssckit.ops.linear)
+        return self.norm2(linear(linear(x, fc1.weight, fc1.bias, "relu"), fc2.weight, fc2.bias, residual=x))
 
 
 class PixelDecoderOutput(NamedTuple):

@@ -21,13 +21,13 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ssckit.data.geometry import pix2vox_torch
 from ssckit.models.heads.ssc_head import SSCHead
 from ssckit.models.layers.aspp import ASPP3D
 from ssckit.models.layers.positional import LearnableSqueezePositionalEncoding
 from ssckit.models.layers.token_select import TokenSelection, gather_tokens, scatter_selected_tokens, select_tokens
 from ssckit.models.layers.transformer import DeformableTransformerLayer, TransformerLayer
-from ssckit.models.lifting.voxel_proposal import VoxelProposalLayer, downsample_flat_z, pix2vox, pixel_grid, \
-    voxel_hit_mask
+from ssckit.models.lifting.voxel_proposal import VoxelProposalLayer, downsample_flat_z, pixel_grid, voxel_hit_mask
 
 OFFICIAL_DERIVED_BUFFERS = ("image_grid", "voxel_grid")  # recomputed here, not loaded
 _OFFICIAL_RENAMES = (  # (official prefix, ssckit prefix) after stripping "model." / "decoder."
@@ -95,13 +95,15 @@ class SymphoniesLayer(nn.Module):
 
     def forward(self, scene: Tensor, queries: Optional[Tensor], feats: Tensor, feat_shapes: Tensor,
                 fov: TokenSelection, ref_vox_fov: Tensor, grid_shape: Tensor, scene_pos: Optional[Tensor] = None,
-                ref_2d: Optional[Tensor] = None, ref_3d: Optional[Tensor] = None
+                ref_2d: Optional[Tensor] = None, ref_3d: Optional[Tensor] = None, pos_fov: Optional[Tensor] = None
                 ) -> tuple[Tensor, Optional[Tensor]]:
         """scene (B, N, C); queries (B, Q, C); feats (B, Nf, C) with feat_shapes (L, 2); fov: selected FOV voxels
-        (B, M); ref_vox_fov (B, M, 1, 3); grid_shape (1, 3) (X, Y, Z); ref_2d (B, Q, L, 2); ref_3d (B, Q, 1, 3)."""
+        (B, M); ref_vox_fov (B, M, 1, 3); grid_shape (1, 3) (X, Y, Z); ref_2d (B, Q, L, 2); ref_3d (B, Q, 1, 3);
+        pos_fov (B, M, C): scene_pos at the FOV voxels, gathered here when not given."""
         has_fov = fov.index.shape[1] > 0
         scene_fov = gather_tokens(scene, fov.index)  # (B, M, C)
-        pos_fov = gather_tokens(scene_pos, fov.index) if scene_pos is not None else None
+        if pos_fov is None and scene_pos is not None:
+            pos_fov = gather_tokens(scene_pos, fov.index)
         stale = scene
         if queries is not None and self.query_image_cross_deform_attn is not None:
             queries = self.query_image_cross_deform_attn(queries, feats, ref_2d, feat_shapes)
@@ -160,7 +162,8 @@ class SymphoniesDecoder(nn.Module):
         self.aspp = ASPP3D(embed_dims, aspp_dilations)
         self.head = SSCHead(embed_dims, num_classes, self.downsample_z, head_xyz_upsample)
 
-        self.register_buffer("image_grid", pixel_grid(self.image_shape), persistent=False)  # (2, H, W) (u, v)
+        # (2, H, W) pixel (u, v): the official buffer, kept for parity checks (pix2vox_torch builds its own grid)
+        self.register_buffer("image_grid", pixel_grid(self.image_shape), persistent=False)
         axes = [torch.arange(s, dtype=torch.float32) / max(s - 1, 1) for s in self.grid_shape]
         ref = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # (N, 3) x-major
         self.register_buffer("voxel_ref", ref, persistent=False)
@@ -178,8 +181,8 @@ class SymphoniesDecoder(nn.Module):
             projected_pix = downsample_flat_z(projected_pix, src, self.grid_shape)
             fov_mask = downsample_flat_z(fov_mask, src, self.grid_shape)
         ref_pix = (projected_pix.float() + 0.5) / projected_pix.new_tensor([w, h], dtype=torch.float32)
-        vol_pts = pix2vox(self.image_grid, depth.float(), cam_k.float(), cam_pose.float(), voxel_origin.float(),
-                          self.voxel_size, self.downsample_z)
+        vol_pts = pix2vox_torch(depth.float(), cam_k.float(), cam_pose.float(), self.voxel_size,
+                                voxel_origin.float(), downsample_z=self.downsample_z, rounding=None)  # (B, H*W, 3)
         vox_idx = vol_pts.long()  # truncation toward zero (official, §14.4)
         proposal_mask = voxel_hit_mask(vox_idx, self.grid_shape)
         ref_3d = None
@@ -216,7 +219,8 @@ class SymphoniesDecoder(nn.Module):
                          geometry, record)
 
     def _to_volume(self, tokens: Tensor) -> Tensor:
-        return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *self.grid_shape)  # (B,C,X,Y,Z)
+        """(B, N, C) x-major tokens -> (B, C, X, Y, Z), a channels_last_3d view (no copy) of contiguous tokens."""
+        return tokens.reshape(tokens.shape[0], *self.grid_shape, tokens.shape[2]).permute(0, 4, 1, 2, 3)
 
     def _run(self, feats, queries, pred_pts, depth, cam_k, cam_pose, voxel_origin, projected_pix, fov_mask,
              geometry, record):
@@ -241,6 +245,7 @@ class SymphoniesDecoder(nn.Module):
                                         scene_pos)
         fov = select_tokens(geometry.fov_mask)
         ref_vox_fov = self.voxel_ref[fov.index][:, :, None, :]  # (B, M, 1, 3)
+        pos_fov = gather_tokens(scene_pos, fov.index)  # (B, M, C), the same for every layer
         ref_2d = pred_pts[:, :, None, :].expand(-1, -1, len(feats), -1) if pred_pts is not None else None
         ref_3d = geometry.ref_3d[:, :, None, :] if queries is not None else None
 
@@ -250,7 +255,7 @@ class SymphoniesDecoder(nn.Module):
         outs = []
         for i, layer in enumerate(self.layers):
             scene, queries = layer(scene, queries, feat_flat, feat_shapes, fov, ref_vox_fov, grid_shape, scene_pos,
-                                   ref_2d, ref_3d)
+                                   ref_2d, ref_3d, pos_fov)
             volume = self._to_volume(scene)
             if record:
                 inter["scene_after_layer"].append(volume)

@@ -36,8 +36,9 @@ class DeformableSqueezeAttention(nn.Module):
         b, _, c = value.shape
         shapes = [tuple(int(s) for s in row) for row in spatial_shapes.tolist()]
         levels = value.split([sx * sy * sz for sx, sy, sz in shapes], dim=1)
-        value2d = torch.cat([lv.reshape(b, sx, sy, sz, c).transpose(2, 3).reshape(b, sx * sz * sy, c)  # (x, z, y)
-                             for lv, (sx, sy, sz) in zip(levels, shapes)], dim=1)
+        maps = [lv.reshape(b, sx, sy, sz, c).transpose(2, 3).reshape(b, sx * sz * sy, c)  # (x, z, y)
+                for lv, (sx, sy, sz) in zip(levels, shapes)]
+        value2d = maps[0] if len(maps) == 1 else torch.cat(maps, dim=1)
         shp = spatial_shapes.to(reference_points.dtype)  # (L, 3)
         x, y, z = reference_points.unbind(-1)
         if self.z_offset_quirk:

@@ -35,5 +35,6 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
 def scatter_selected_tokens(x: Tensor, updates: Tensor, sel: TokenSelection) -> Tensor:
     """Write updates (B, M, C) into x (B, N, C) at the valid selected slots (out of place)."""
     idx = sel.index[..., None].expand(-1, -1, x.shape[-1])
-    new = torch.where(sel.valid[..., None], updates, x.gather(1, idx))
-    return x.scatter(1, idx, new)
+    if not bool(sel.valid.all()):  # padding slots write back the values they hold
+        updates = torch.where(sel.valid[..., None], updates, x.gather(1, idx))
+    return x.scatter(1, idx, updates)

@@ -4,15 +4,51 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssckit.models.layers.squeeze_attention import DeformableSqueezeAttention
+from ssckit.ops.linear import linear
 from ssckit.ops.msda import MultiScaleDeformableAttention
 
 
 def _ffn(embed_dims: int, mlp_ratio: float, act_layer: Callable[[], nn.Module]) -> nn.Sequential:
     hidden = int(embed_dims * mlp_ratio)
     return nn.Sequential(nn.Linear(embed_dims, hidden), act_layer(), nn.Linear(hidden, embed_dims))
+
+
+def ffn_residual(ffn: nn.Sequential, x: Tensor, residual: Tensor) -> Tensor:
+    """``residual + ffn(x)`` with the activation and the add fused into the linears (:func:`ssckit.ops.linear`)
+    when the activation is a plain (erf) GELU or ReLU; the Sequential as built otherwise."""
+    fc1, act, fc2 = ffn
+    name = "gelu" if type(act) is nn.GELU and act.approximate == "none" else \
+        "relu" if type(act) is nn.ReLU else None
+    if name is None:
+        return residual + ffn(x)
+    return linear(linear(x, fc1.weight, fc1.bias, name), fc2.weight, fc2.bias, residual=residual)
+
+
+def multihead_attention(attn: nn.MultiheadAttention, query: Tensor, key: Tensor, value: Tensor,
+                        residual: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
+    """``residual + attn(query, key, value)[0]`` for a batch-first ``nn.MultiheadAttention`` without extra bias
+    / zero-attention options, computed from its parameters: fused-bias projections (:func:`ssckit.ops.linear`),
+    ``scaled_dot_product_attention`` and the residual fused into the output projection. Inference path."""
+    c = attn.embed_dim
+    w_q, w_k, w_v = attn.in_proj_weight.split(c)
+    b_q, b_k, b_v = attn.in_proj_bias.split(c) if attn.in_proj_bias is not None else (None, None, None)
+    (b, n_q, _), n_k, h = query.shape, key.shape[1], attn.num_heads
+    q = linear(query, w_q, b_q).view(b, n_q, h, c // h).transpose(1, 2)  # (B, H, Nq, d)
+    k = linear(key, w_k, b_k).view(b, n_k, h, c // h).transpose(1, 2)
+    v = linear(value, w_v, b_v).view(b, n_k, h, c // h).transpose(1, 2)
+    mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # True = attend
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Nq, d)
+    out = out.transpose(1, 2).reshape(b, n_q, c)
+    return linear(out, attn.out_proj.weight, attn.out_proj.bias, residual=residual)
+
+
+def _plain_mha(attn: nn.MultiheadAttention) -> bool:
+    return (attn.batch_first and attn._qkv_same_embed_dim and attn.bias_k is None and attn.bias_v is None
+            and not attn.add_zero_attn)
 
 
 class TransformerLayer(nn.Module):
@@ -43,9 +79,12 @@ class TransformerLayer(nn.Module):
         q = self.norm1(query)
         if query_pos is not None:
             q = q + query_pos
-        query = query + self.attn(q, key, value, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        if not self.training and _plain_mha(self.attn):  # same math, fewer passes (see multihead_attention)
+            query = multihead_attention(self.attn, q, key, value, query, key_padding_mask)
+        else:
+            query = query + self.attn(q, key, value, key_padding_mask=key_padding_mask, need_weights=False)[0]
         if self.ffn is not None:
-            query = query + self.ffn(self.norm2(query))
+            query = ffn_residual(self.ffn, self.norm2(query), query)
         return query
 
 
@@ -64,6 +103,7 @@ class DeformableTransformerLayer(nn.Module):
                  act_layer: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.norm1 = norm_layer(embed_dims)
+        self.add_identity = add_identity
         if squeeze:
             self.attn: nn.Module = DeformableSqueezeAttention(embed_dims, num_heads, num_levels, num_points,
                                                               dropout, add_identity, z_offset_quirk)
@@ -76,8 +116,13 @@ class DeformableTransformerLayer(nn.Module):
     def forward(self, query: Tensor, value: Tensor, ref_pts: Tensor, spatial_shapes: Tensor,
                 query_pos: Optional[Tensor] = None, value_padding_mask: Optional[Tensor] = None) -> Tensor:
         """query (B, Nq, C); value (B, Nv, C) -> (B, Nq, C)."""
-        query = query + self.attn(self.norm1(query), value, ref_pts, spatial_shapes, query_pos=query_pos,
-                                  value_padding_mask=value_padding_mask)
+        q = self.norm1(query)
+        if self.add_identity:  # the attention adds its identity LN(q); the layer's residual rides along
+            query = self.attn(q, value, ref_pts, spatial_shapes, query_pos=query_pos, identity=query + q,
+                              value_padding_mask=value_padding_mask)
+        else:
+            query = query + self.attn(q, value, ref_pts, spatial_shapes, query_pos=query_pos,
+                                      value_padding_mask=value_padding_mask)
         if self.ffn is not None:
-            query = query + self.ffn(self.norm2(query))
+            query = ffn_residual(self.ffn, self.norm2(query), query)
         return query

@@ -12,8 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssckit.data.geometry import pix2vox_torch
 from ssckit.models.layers.token_select import gather_tokens, scatter_selected_tokens, select_tokens
 from ssckit.models.layers.transformer import DeformableTransformerLayer
+
+# Back-projection of every pixel (Symphonies ``pix2vox``) is :func:`ssckit.data.geometry.pix2vox_torch` (with
+# ``rounding=None``; bit-identical to the former copy here). The name stays importable for ssckit.models.lifting.
+pix2vox = pix2vox_torch
 
 
 def pixel_grid(image_shape: Sequence[int]) -> Tensor:
@@ -22,24 +27,6 @@ def pixel_grid(image_shape: Sequence[int]) -> Tensor:
     v, u = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
                           indexing="ij")
     return torch.stack([u, v])
-
-
-def pix2vox(pix: Tensor, depth: Tensor, cam_k: Tensor, cam_pose: Tensor, voxel_origin: Tensor,
-            voxel_size: float, downsample_z: int = 1, offset: float = 0.5) -> Tensor:
-    """Back-project pixels to (float) voxel indices.
-
-    pix (2, H, W) pixel (u, v); depth (B, H, W) metres; cam_k (B, 3, 3); cam_pose (B, 4, 4) velo->cam;
-    voxel_origin (B, 3) metres. -> (B, H*W, 3) voxel coordinates (p - origin) / voxel_size - offset in row-major
-    pixel order, the z index divided by ``downsample_z``. Callers truncate with ``.long()`` (official quirk §14.4).
-    """
-    d = depth.unsqueeze(1)  # (B, 1, H, W)
-    p_img = torch.cat([pix.unsqueeze(0) * d, d], dim=1).flatten(2)  # (B, 3, H*W) = (u*d, v*d, d)
-    p_cam = torch.linalg.inv(cam_k) @ p_img
-    p_lidar = torch.linalg.inv(cam_pose) @ F.pad(p_cam, (0, 0, 0, 1), value=1.0)  # (B, 4, H*W)
-    p_vox = (p_lidar[:, :3].transpose(1, 2) - voxel_origin.unsqueeze(1)) / voxel_size - offset  # (B, H*W, 3)
-    if downsample_z != 1:
-        p_vox = torch.cat([p_vox[..., :2], p_vox[..., 2:] / downsample_z], dim=-1)
-    return p_vox
 
 
 def voxel_hit_mask(vox_idx: Tensor, grid_shape: Sequence[int]) -> Tensor:

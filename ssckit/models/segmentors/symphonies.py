@@ -8,8 +8,7 @@ stereo depth in m; ``cam_K`` (B, 3, 3) = P2[:3, :3]; ``cam_pose`` (B, 4, 4) velo
 """
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -119,17 +118,22 @@ class Symphonies(nn.Module):
         if len(cfg.aux_weights) != cfg.num_layers:
             raise SsckitError(f"aux_weights has {len(cfg.aux_weights)} entries for {cfg.num_layers} layers")
         self.encoder = SymphoniesEncoder(
-            cfg.encoder_width, cfg.encoder_embed_dims, cfg.encoder_heads, cfg.num_points, cfg.encoder_layers,
-            cfg.encoder_ffn_dims, 0.0, cfg.encoder_groups, cfg.embed_dims, cfg.num_queries,
+            base_width=cfg.encoder_width, embed_dims=cfg.encoder_embed_dims, num_heads=cfg.encoder_heads,
+            num_points=cfg.num_points, num_layers=cfg.encoder_layers, ffn_dims=cfg.encoder_ffn_dims, dropout=0.0,
+            num_groups=cfg.encoder_groups, out_dims=cfg.embed_dims, num_queries=cfg.num_queries,
             build_unused=cfg.build_unused, pretrained_encoder=cfg.pretrained_encoder,
             checkpoint=cfg.encoder_checkpoint)
         self.decoder = SymphoniesDecoder(
-            cfg.embed_dims, cfg.num_classes, cfg.decode_shape, cfg.image_shape, cfg.voxel_size * cfg.volume_scale,
-            cfg.downsample_z, cfg.num_layers, cfg.num_heads, len(self.encoder.strides), cfg.num_points,
-            cfg.mlp_ratio, cfg.dropout, cfg.pe_squeeze_dims, cfg.aspp_dilations, True, cfg.msda_identity,
-            cfg.z_offset_quirk, cfg.stale_scene_values, cfg.use_instance_queries, cfg.use_voxel_proposal,
-            cfg.query_image_attn, cfg.scene_query_attn, cfg.scene_self_attn, cfg.query_scene_attn,
-            cfg.query_self_attn)
+            embed_dims=cfg.embed_dims, num_classes=cfg.num_classes, grid_shape=cfg.decode_shape,
+            image_shape=cfg.image_shape, voxel_size=cfg.voxel_size * cfg.volume_scale,
+            downsample_z=cfg.downsample_z, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+            num_levels=len(self.encoder.strides), num_points=cfg.num_points, mlp_ratio=cfg.mlp_ratio,
+            dropout=cfg.dropout, pe_squeeze_dims=cfg.pe_squeeze_dims, aspp_dilations=cfg.aspp_dilations,
+            msda_identity=cfg.msda_identity, z_offset_quirk=cfg.z_offset_quirk,
+            stale_scene_values=cfg.stale_scene_values, use_instance_queries=cfg.use_instance_queries,
+            use_voxel_proposal=cfg.use_voxel_proposal, query_image_attn=cfg.query_image_attn,
+            scene_query_attn=cfg.scene_query_attn, scene_self_attn=cfg.scene_self_attn,
+            query_scene_attn=cfg.query_scene_attn, query_self_attn=cfg.query_self_attn)
         weights = cfg.class_weights or tuple(get_label_table(cfg.dataset).class_weights().tolist())
         if len(weights) != cfg.num_classes:
             raise SsckitError(f"{len(weights)} class weights for {cfg.num_classes} classes")
@@ -205,7 +209,3 @@ def count_params(model: nn.Module) -> dict[str, int]:
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"params": count_parameters(model, include_frozen_bn=True), "params_trainable": trainable}
-
-
-__all__ = ["Symphonies", "SymphoniesConfig", "symphonies_config", "build_symphonies", "example_batch", "PRESETS",
-           "count_params", "asdict", "field", "math"]
