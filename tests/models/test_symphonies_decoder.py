@@ -140,15 +140,52 @@ def test_aspp_follows_last_layer():
     torch.testing.assert_close(outs[-1], want, rtol=0, atol=1e-6)
 
 
-def test_flags_and_ablations():
+def test_quirk_flags_change_outputs():
     inputs = _small_inputs()
     with torch.no_grad():
         base = _small().eval()(*inputs)[0]
-        for kw in ({"z_offset_quirk": False}, {"stale_scene_values": False}, {"msda_identity": False}):
-            assert not torch.allclose(_small(**kw).eval()(*inputs)[0], base)  # same seed, same weights
-        no_q = _small(use_instance_queries=False).eval()
-        assert not any("query" in k for k in no_q.state_dict())
-        assert no_q(inputs[0], None, None, *inputs[3:])[0].shape == base.shape
-        for kw in ({"use_voxel_proposal": False}, {"scene_self_attn": False}, {"query_scene_attn": False},
-                   {"query_self_attn": False}, {"scene_query_attn": False}, {"query_image_attn": False}):
-            assert _small(**kw).eval()(*inputs)[0].shape == base.shape
+        for kw in ({"z_offset_quirk": False}, {"stale_scene_values": False}, {"msda_identity": False},
+                   {"pix2vox_truncate": False}, {"ref_normalize_quirk": False}):
+            assert not torch.allclose(_small(**kw).eval()(*inputs)[0], base, atol=1e-4), kw  # same seed, weights
+
+
+# switch -> (state-dict key fragments that must vanish, attribute path that must be None)
+_ABLATIONS = (
+    ({"lifting": "none"}, ("voxel_proposal.",), "voxel_proposal"),
+    ({"lifting": "flosp"}, ("voxel_proposal.",), "voxel_proposal"),
+    ({"scene_self_attn": False}, (".scene_self_deform_attn.",), "layers.0.scene_self_deform_attn"),
+    ({"query_scene_attn": False}, (".query_scene_cross_deform_attn.",), "layers.0.query_scene_cross_deform_attn"),
+    ({"query_self_attn": False}, (".query_self_attn.",), "layers.0.query_self_attn"),
+    ({"scene_query_attn": False}, (".scene_query_cross_attn.",), "layers.0.scene_query_cross_attn"),
+    ({"query_image_attn": False}, (".query_image_cross_deform_attn.",), "layers.0.query_image_cross_deform_attn"),
+    ({"use_instance_queries": False}, (".query_image_cross_deform_attn.", ".scene_query_cross_attn.",
+                                       ".query_scene_cross_deform_attn.", ".query_self_attn."),
+     "layers.0.query_image_cross_deform_attn"),
+)
+
+
+@pytest.mark.parametrize("kw, gone, attr", _ABLATIONS, ids=[str(a[0]) for a in _ABLATIONS])
+def test_ablation_switch_removes_module_and_changes_output(kw, gone, attr):
+    inputs = _small_inputs()
+    base = _small().eval()
+    abl = _small(**kw).eval()
+    parent, _, name = attr.rpartition(".")
+    assert getattr(abl.get_submodule(parent), name) is None
+    assert getattr(base.get_submodule(parent), name) is not None
+    base_keys, abl_keys = set(base.state_dict()), set(abl.state_dict())
+    removed = base_keys - abl_keys
+    assert abl_keys < base_keys and removed
+    assert all(any(g in k for g in gone) for k in removed)  # nothing else disappeared
+    assert not any(g in k for k in abl_keys for g in gone)
+    abl.load_state_dict({k: v for k, v in base.state_dict().items() if k in abl_keys}, strict=True)
+    queries, pred_pts = (None, None) if kw.get("use_instance_queries") is False else inputs[1:3]
+    with torch.no_grad():
+        want = base(*inputs)[0]
+        got = abl(inputs[0], queries, pred_pts, *inputs[3:])[0]
+    assert got.shape == want.shape and torch.isfinite(got).all()
+    assert not torch.allclose(got, want, atol=1e-4)
+
+
+def test_unknown_lifting_is_rejected():
+    with pytest.raises(ValueError, match="lifting"):
+        _small(lifting="lss")

@@ -25,8 +25,8 @@ WRAPPER_PREFIXES = ("query_embed.", "pts_embed.", "out_projs.")
 
 class EncoderOutput(NamedTuple):
     feats: list[Tensor]  # 3 maps (B, out_dims, H_s, W_s) at strides 4, 8, 16
-    queries: Tensor  # (B, num_queries, out_dims); no positional embedding
-    pred_pts: Tensor  # (B, num_queries, 2) normalized image (x, y) = (u/W, v/H) in (0, 1)
+    queries: Optional[Tensor]  # (B, num_queries, out_dims); no positional embedding; None without queries
+    pred_pts: Optional[Tensor]  # (B, num_queries, 2) normalized image (x, y) = (u/W, v/H) in (0, 1); or None
 
 
 def out_projection(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -42,6 +42,8 @@ class SymphoniesEncoder(nn.Module):
         base_width: ResNet stem/stage-1 width (64 = ResNet-50; outputs ``4*base_width*(1,2,4,8)`` channels).
         embed_dims, num_heads, num_points, num_layers, ffn_dims, dropout, num_groups: pixel-decoder sizes.
         out_dims: channels of the returned levels and queries. num_queries: number of instance queries.
+        use_queries: build ``query_embed`` / ``pts_embed`` (False for the no-instance-query ablation, so that DDP
+            sees no unused parameters; the outputs' queries and pred_pts are then None).
         frozen_bn: freeze the ResNet BatchNorms (statistics and affine), as the official ``norm_eval``.
         build_unused: also build the pixel decoder's FPN step and mask-feature conv (never used; see
             :mod:`ssckit.models.backbones.pixel_decoder`). Keep False for DDP training.
@@ -53,7 +55,7 @@ class SymphoniesEncoder(nn.Module):
     def __init__(self, base_width: int = 64, embed_dims: int = 256, num_heads: int = 8, num_points: int = 4,
                  num_layers: int = 6, ffn_dims: int = 2048, dropout: float = 0.0, num_groups: int = 32,
                  out_dims: int = 128, num_queries: int = 100, frozen_bn: bool = True, build_unused: bool = False,
-                 pretrained_encoder: bool = False, checkpoint: Optional[str | Path] = None):
+                 pretrained_encoder: bool = False, checkpoint: Optional[str | Path] = None, use_queries: bool = True):
         super().__init__()
         self.backbone = ResNetBackbone(base_width, frozen_bn=frozen_bn)
         c2, c3, c4, c5 = self.backbone.out_channels
@@ -61,8 +63,8 @@ class SymphoniesEncoder(nn.Module):
                                                   ffn_dims, dropout, num_extra_levels=1, num_groups=num_groups,
                                                   mask_dims=embed_dims, build_unused=build_unused)
         self.out_projs = nn.ModuleList(out_projection(c, out_dims) for c in (c2, embed_dims, embed_dims))
-        self.query_embed = nn.Embedding(num_queries, out_dims)
-        self.pts_embed = nn.Embedding(num_queries, 2)
+        self.query_embed = nn.Embedding(num_queries, out_dims) if use_queries else None
+        self.pts_embed = nn.Embedding(num_queries, 2) if use_queries else None
         self.out_dims = out_dims
         self.strides: tuple[int, int, int] = (4, 8, 16)
         if pretrained_encoder:
@@ -98,6 +100,8 @@ class SymphoniesEncoder(nn.Module):
         levels = (res2, multi_scale[0], multi_scale[1])
         feats = [proj(x) for proj, x in zip(self.out_projs, levels)]
         b = res2.shape[0]
+        if self.query_embed is None or self.pts_embed is None:
+            return EncoderOutput(feats, None, None)
         queries = self.query_embed.weight[None].repeat(b, 1, 1)  # (B, Q, out_dims)
         pred_pts = self.pts_embed.weight.sigmoid()[None].repeat(b, 1, 1)  # (B, Q, 2)
         return EncoderOutput(feats, queries, pred_pts)

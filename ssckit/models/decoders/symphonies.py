@@ -5,14 +5,20 @@ Conventions (documented once here):
   The geometry inputs ``projected_pix`` / ``fov_mask`` come at (X, Y, Z*downsample_z) and are resized in z.
 - Image features: L maps (B, C, h_l, w_l); instance queries (B, Q, C) with 2D anchors ``pred_pts`` (B, Q, 2)
   normalized (x, y) = (u/W, v/H).
-- 3D references are normalized (x, y, z) by (S - 1) (official, spec §14.6); image references by (W, H).
+- 3D references are normalized (x, y, z) by (S - 1) (official, spec §14.6; ``ref_normalize_quirk``); image
+  references by (W, H). Note: the squeeze attention's corrected row (``z_offset_quirk=False``) assumes the (S - 1)
+  normalization, so ``ref_normalize_quirk=False`` is meant to be combined with the official ``z_offset_quirk``.
 - Batch size > 1 works everywhere: FOV / proposal voxels are gathered per sample with padding
   (:mod:`ssckit.models.layers.token_select`), with no per-sample Python loops.
 
 Official-behaviour flags (defaults reproduce the released model): ``msda_identity`` (mmcv's extra identity in every
 deformable attention, §14.1), ``z_offset_quirk`` (squeeze-attention /Z, §14.2), ``stale_scene_values`` (scene
-self-attention reads the scene before the cross-attention update, §14.3). Ablation switches drop single
-attentions, the voxel proposal, or the instance queries altogether.
+self-attention reads the scene before the cross-attention update, §14.3), ``pix2vox_truncate`` (pixel -> voxel
+index = trunc((p - origin)/size - 0.5), §14.4; False: floor((p - origin)/size), the voxel that contains the point)
+and ``ref_normalize_quirk`` (3D references i/(S-1), §14.6; False: (i+0.5)/S, the voxel centre under
+align_corners=False). Ablation switches drop single attentions or the instance queries; ``lifting`` picks the
+2D -> 3D stage: "voxel_proposal" (official), "flosp" (scene tokens = scene_embed + FLoSP features, paper Table 3)
+or "none" (scene tokens = scene_embed).
 """
 from __future__ import annotations
 
@@ -27,8 +33,10 @@ from ssckit.models.layers.aspp import ASPP3D
 from ssckit.models.layers.positional import LearnableSqueezePositionalEncoding
 from ssckit.models.layers.token_select import TokenSelection, gather_tokens, scatter_selected_tokens, select_tokens
 from ssckit.models.layers.transformer import DeformableTransformerLayer, TransformerLayer
+from ssckit.models.lifting.flosp import flosp
 from ssckit.models.lifting.voxel_proposal import VoxelProposalLayer, downsample_flat_z, pixel_grid, voxel_hit_mask
 
+LIFTINGS = ("voxel_proposal", "flosp", "none")
 OFFICIAL_DERIVED_BUFFERS = ("image_grid", "voxel_grid")  # recomputed here, not loaded
 _OFFICIAL_RENAMES = (  # (official prefix, ssckit prefix) after stripping "model." / "decoder."
     ("cls_head.0.", "head.z_up."),
@@ -130,10 +138,16 @@ class SymphoniesDecoder(nn.Module):
                  mlp_ratio: float = 4, dropout: float = 0.1, pe_squeeze_dims: Sequence[int] = (2, 2, 1),
                  aspp_dilations: Sequence[int] = (1, 3), head_xyz_upsample: bool = True,
                  msda_identity: bool = True, z_offset_quirk: bool = True, stale_scene_values: bool = True,
-                 use_instance_queries: bool = True, use_voxel_proposal: bool = True, query_image_attn: bool = True,
-                 scene_query_attn: bool = True, scene_self_attn: bool = True, query_scene_attn: bool = True,
-                 query_self_attn: bool = True, force_fp32: bool = True):
+                 pix2vox_truncate: bool = True, ref_normalize_quirk: bool = True, use_instance_queries: bool = True,
+                 lifting: str = "voxel_proposal", query_image_attn: bool = True, scene_query_attn: bool = True,
+                 scene_self_attn: bool = True, query_scene_attn: bool = True, query_self_attn: bool = True,
+                 force_fp32: bool = True):
         super().__init__()
+        if lifting not in LIFTINGS:
+            raise ValueError(f"unknown lifting {lifting!r}; choose one of {LIFTINGS}")
+        self.lifting = lifting
+        self.pix2vox_truncate = pix2vox_truncate
+        self.ref_normalize_quirk = ref_normalize_quirk
         self.grid_shape = tuple(int(s) for s in grid_shape)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.voxel_size = float(voxel_size)
@@ -149,7 +163,7 @@ class SymphoniesDecoder(nn.Module):
         self.scene_embed = nn.Embedding(sx * sy * sz, embed_dims)
         self.scene_pos = LearnableSqueezePositionalEncoding((sx, sy, sz // fold), embed_dims, tuple(pe_squeeze_dims))
         self.voxel_proposal = VoxelProposalLayer(embed_dims, num_heads, num_levels, num_points, mlp_ratio, dropout,
-                                                 msda_identity) if use_voxel_proposal else None
+                                                 msda_identity) if lifting == "voxel_proposal" else None
         self.layers = nn.ModuleList([
             SymphoniesLayer(embed_dims, num_heads, num_levels, num_points, mlp_ratio, dropout,
                             query_update=i != num_layers - 1, use_queries=use_instance_queries,
@@ -164,9 +178,15 @@ class SymphoniesDecoder(nn.Module):
 
         # (2, H, W) pixel (u, v): the official buffer, kept for parity checks (pix2vox_torch builds its own grid)
         self.register_buffer("image_grid", pixel_grid(self.image_shape), persistent=False)
-        axes = [torch.arange(s, dtype=torch.float32) / max(s - 1, 1) for s in self.grid_shape]
+        axes = [self._normalize_index(torch.arange(s, dtype=torch.float32), s) for s in self.grid_shape]
         ref = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, 3)  # (N, 3) x-major
         self.register_buffer("voxel_ref", ref, persistent=False)
+
+    def _normalize_index(self, idx: Tensor, size: Tensor | int) -> Tensor:
+        """Voxel index -> normalized reference: i/(S-1) (official, §14.6) or (i+0.5)/S."""
+        if self.ref_normalize_quirk:
+            return idx / (size - 1).clamp(min=1) if isinstance(size, Tensor) else idx / max(size - 1, 1)
+        return (idx + 0.5) / size
 
     # ---------------------------------------------------------------- geometry
     def compute_geometry(self, depth: Tensor, cam_k: Tensor, cam_pose: Tensor, voxel_origin: Tensor,
@@ -181,16 +201,19 @@ class SymphoniesDecoder(nn.Module):
             projected_pix = downsample_flat_z(projected_pix, src, self.grid_shape)
             fov_mask = downsample_flat_z(fov_mask, src, self.grid_shape)
         ref_pix = (projected_pix.float() + 0.5) / projected_pix.new_tensor([w, h], dtype=torch.float32)
+        offset = 0.5 if self.pix2vox_truncate else 0.0
         vol_pts = pix2vox_torch(depth.float(), cam_k.float(), cam_pose.float(), self.voxel_size,
-                                voxel_origin.float(), downsample_z=self.downsample_z, rounding=None)  # (B, H*W, 3)
-        vox_idx = vol_pts.long()  # truncation toward zero (official, §14.4)
+                                voxel_origin.float(), offset=offset, downsample_z=self.downsample_z,
+                                rounding=None)  # (B, H*W, 3)
+        # official (§14.4): trunc(p/size - 0.5) keeps indices in (-1, 0) as 0; else the containing voxel
+        vox_idx = vol_pts.long() if self.pix2vox_truncate else vol_pts.floor().long()
         proposal_mask = voxel_hit_mask(vox_idx, self.grid_shape)
         ref_3d = None
         if pred_pts is not None:
             pix = (pred_pts * pred_pts.new_tensor([w, h])).long()  # (B, Q, 2)
             flat = pix[..., 1].clamp(0, h - 1) * w + pix[..., 0].clamp(0, w - 1)
             anchor = vox_idx.gather(1, flat[..., None].expand(-1, -1, 3)).float()  # (B, Q, 3)
-            ref_3d = (anchor / vox_idx.new_tensor(self.grid_shape).sub(1).clamp(min=1)).clamp(0, 1)
+            ref_3d = self._normalize_index(anchor, anchor.new_tensor(self.grid_shape)).clamp(0, 1)
         return SymphoniesGeometry(fov_mask, ref_pix, proposal_mask, ref_3d, projected_pix, vol_pts)
 
     # ---------------------------------------------------------------- forward
@@ -240,7 +263,9 @@ class SymphoniesDecoder(nn.Module):
 
         scene = self.scene_embed.weight.unsqueeze(0).expand(b, -1, -1)  # (B, N, C)
         scene_pos = self.scene_pos().expand(b, -1, -1)
-        if self.voxel_proposal is not None:
+        if self.lifting == "flosp":
+            scene = scene + flosp(feats, geometry.ref_pix, geometry.fov_mask)
+        elif self.voxel_proposal is not None:
             scene = self.voxel_proposal(scene, feat_flat, feat_shapes, geometry.proposal_mask, geometry.ref_pix,
                                         scene_pos)
         fov = select_tokens(geometry.fov_mask)

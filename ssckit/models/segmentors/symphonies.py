@@ -18,7 +18,7 @@ from ssckit.data.labels import get_label_table
 from ssckit.errors import SsckitError
 from ssckit.losses import ssc_losses
 from ssckit.models.backbones.symphonies_encoder import SymphoniesEncoder
-from ssckit.models.decoders.symphonies import SymphoniesDecoder
+from ssckit.models.decoders.symphonies import LIFTINGS, SymphoniesDecoder
 
 # KITTI odometry sequences 00-02: P2[:3, :3] and Tr (velodyne -> cam0); used for example batches only.
 KITTI_K = ((718.856, 0.0, 607.1928), (0.0, 718.856, 185.2157), (0.0, 0.0, 1.0))
@@ -63,8 +63,11 @@ class SymphoniesConfig:
     msda_identity: bool = True
     z_offset_quirk: bool = True
     stale_scene_values: bool = True
-    # ablations (paper Tables 3-6)
-    use_voxel_proposal: bool = True
+    pix2vox_truncate: bool = True  # §14.4: trunc((p - origin)/size - 0.5); False: floor((p - origin)/size)
+    ref_normalize_quirk: bool = True  # §14.6: 3D references i/(S-1); False: (i+0.5)/S (align_corners=False)
+    # ablations (paper Tables 3-6). Mono vs stereo depth (Table 5) is a data choice: the dataset's depth_root
+    # selects which depth maps feed the voxel proposal; nothing changes in the model.
+    lifting: str = "voxel_proposal"  # 2D -> 3D: "voxel_proposal" (official) | "flosp" (Table 3) | "none"
     use_instance_queries: bool = True
     query_image_attn: bool = True
     scene_query_attn: bool = True
@@ -117,12 +120,14 @@ class Symphonies(nn.Module):
         self.cfg = cfg
         if len(cfg.aux_weights) != cfg.num_layers:
             raise SsckitError(f"aux_weights has {len(cfg.aux_weights)} entries for {cfg.num_layers} layers")
+        if cfg.lifting not in LIFTINGS:
+            raise SsckitError(f"unknown Symphonies lifting {cfg.lifting!r}; choose one of {', '.join(LIFTINGS)}")
         self.encoder = SymphoniesEncoder(
             base_width=cfg.encoder_width, embed_dims=cfg.encoder_embed_dims, num_heads=cfg.encoder_heads,
             num_points=cfg.num_points, num_layers=cfg.encoder_layers, ffn_dims=cfg.encoder_ffn_dims, dropout=0.0,
             num_groups=cfg.encoder_groups, out_dims=cfg.embed_dims, num_queries=cfg.num_queries,
             build_unused=cfg.build_unused, pretrained_encoder=cfg.pretrained_encoder,
-            checkpoint=cfg.encoder_checkpoint)
+            checkpoint=cfg.encoder_checkpoint, use_queries=cfg.use_instance_queries)
         self.decoder = SymphoniesDecoder(
             embed_dims=cfg.embed_dims, num_classes=cfg.num_classes, grid_shape=cfg.decode_shape,
             image_shape=cfg.image_shape, voxel_size=cfg.voxel_size * cfg.volume_scale,
@@ -131,7 +136,8 @@ class Symphonies(nn.Module):
             dropout=cfg.dropout, pe_squeeze_dims=cfg.pe_squeeze_dims, aspp_dilations=cfg.aspp_dilations,
             msda_identity=cfg.msda_identity, z_offset_quirk=cfg.z_offset_quirk,
             stale_scene_values=cfg.stale_scene_values, use_instance_queries=cfg.use_instance_queries,
-            use_voxel_proposal=cfg.use_voxel_proposal, query_image_attn=cfg.query_image_attn,
+            pix2vox_truncate=cfg.pix2vox_truncate, ref_normalize_quirk=cfg.ref_normalize_quirk,
+            lifting=cfg.lifting, query_image_attn=cfg.query_image_attn,
             scene_query_attn=cfg.scene_query_attn, scene_self_attn=cfg.scene_self_attn,
             query_scene_attn=cfg.query_scene_attn, query_self_attn=cfg.query_self_attn)
         weights = cfg.class_weights or tuple(get_label_table(cfg.dataset).class_weights().tolist())
