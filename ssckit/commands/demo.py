@@ -4,10 +4,14 @@ official evaluator next to the per-voxel-majority baseline -> renders and a serv
 Steps (each reuses the public commands, so the demo is also a walk-through of them):
 1. ``ssckit synth``: train sequence 00, held-out sequence 08 and a 2-frame "test" sequence 11 under DATA.
 2. ``ssckit train --config symphonies_tiny_synthetic``: a tiny Symphonies on CPU (run folder OUT/run).
-3. ``ssckit predict`` on 08 (raw-id .label files, repeated up to 256x256x32) and on 11 (+ OUT/submission.zip in the
-   server format, checked with ``ssckit validate-submission --partial``: the demo has one test sequence, not 11-21).
-4. ``ssckit evaluate`` on 08 at the full 256x256x32 grid -> OUT/scores.yaml; the same for the per-voxel majority
-   class of the training frames -> OUT/baseline_scores.yaml; both tables side by side.
+3. ``ssckit eval`` on 08 -> OUT/scores.yaml, and the per-voxel majority class of the training frames scored with the
+   same metric on the same targets -> OUT/baseline_scores.yaml; both tables side by side. Both are scored at the
+   demo model's grid (data.grid_scale: 1:4, 0.8 m voxels): repeating coarse predictions up to 0.2 m voxels would
+   make thin surfaces (road, sidewalk) 4x too thick, an unfair comparison with a full-resolution baseline.
+4. ``ssckit predict`` on 08 (raw-id .label files, repeated up to 256x256x32; ``ssckit evaluate --pred
+   OUT/predictions --data DATA --sequences 08`` scores them with the official evaluator) and on 11 (+
+   OUT/submission.zip in the server format, checked with ``ssckit validate-submission --partial``: the demo has one
+   test sequence, not 11-21).
 5. ``ssckit render`` of two held-out frames -> OUT/renders/; the trained checkpoint -> OUT/checkpoint.ckpt.
 Existing synthetic data with the same settings is reused.
 
@@ -31,7 +35,7 @@ TRAIN, VAL, TEST = "00", "08", "11"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("demo_output"), help="results folder (default: %(default)s)")
     p.add_argument("--data", type=Path, default=Path("demo_data"), help="synthetic dataset root (default: %(default)s)")
-    p.add_argument("--train-frames", type=int, default=40, help="SSC frames of the training sequence")
+    p.add_argument("--train-frames", type=int, default=60, help="SSC frames of the training sequence")
     p.add_argument("--val-frames", type=int, default=10, help="SSC frames of the held-out sequence")
     p.add_argument("--epochs", type=int, default=None, help="override the demo config's epochs")
     p.add_argument("--seed", type=int, default=0)
@@ -67,16 +71,26 @@ def make_data(root: Path, args: argparse.Namespace) -> None:
     marker.write_text(json.dumps(settings))
 
 
-def baseline_predictions(data: Path, pred_root: Path) -> None:
-    """Per-voxel majority class of the training frames, written as the prediction of every held-out frame."""
+def baseline_scores(data: Path, grid_scale: int) -> dict:
+    """Per-voxel majority class of the training frames as the prediction of every held-out frame, scored at the
+    model's grid (targets majority-downsampled by ``grid_scale`` with the official rule, as the engine does)."""
+    import torch
+
     from ssckit.baselines import majority_baseline
     from ssckit.data.datasets import SemanticKITTI
-    from ssckit.submission import write_prediction_label
+    from ssckit.data.preprocess import downsample_labels
+    from ssckit.metrics.ssc import SSCMetric, scores_to_official_yaml_dict
 
-    train = SemanticKITTI(data, sequences=[TRAIN])
-    prior = majority_baseline(train.voxel_target(f) for f in train.frames)
-    for f in SemanticKITTI(data, sequences=[VAL]).frames:
-        write_prediction_label(pred_root, f, prior, train.labels)
+    def target(reader: SemanticKITTI, f) -> "np.ndarray":  # noqa: F821
+        t = reader.voxel_target(f)
+        return downsample_labels(t, grid_scale) if grid_scale > 1 else t
+
+    train, val = SemanticKITTI(data, sequences=[TRAIN]), SemanticKITTI(data, sequences=[VAL])
+    prior = torch.from_numpy(majority_baseline(target(train, f) for f in train.frames)).long()[None]
+    metric = SSCMetric(train.labels.num_classes)
+    for f in val.frames:
+        metric.update(prior, torch.from_numpy(target(val, f)).long()[None])
+    return scores_to_official_yaml_dict(metric.compute(), train.labels.class_names)
 
 
 def comparison_table(model: dict, baseline: dict, class_names: tuple[str, ...]) -> str:
@@ -108,24 +122,24 @@ def run(args: argparse.Namespace) -> int:
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     shutil.copy2(ckpt, out / "checkpoint.ckpt")
 
-    _step("3/5 predictions (held-out frames) and a server-style submission (test frames)")
-    for d in ("predictions", "baseline_predictions", "test_predictions"):
+    _step("3/5 evaluation on held-out frames: the model and the per-voxel-majority baseline")
+    _call(["eval", "--ckpt", str(ckpt), "--sequences", VAL, "--out", str(out / "eval"), *roots])
+    shutil.copy2(out / "eval" / "scores.yaml", out / "scores.yaml")
+    model = yaml.safe_load((out / "scores.yaml").read_text())
+    grid_scale = int(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["grid_scale"])
+    baseline = baseline_scores(data, grid_scale)
+    (out / "baseline_scores.yaml").write_text(yaml.safe_dump(baseline, sort_keys=False))
+    print("\n" + comparison_table(model, baseline, SEMANTIC_KITTI.class_names))
+    print(f"(both scored at the model grid, 1:{grid_scale}; see `ssckit demo --help`)")
+
+    _step("4/5 predictions (held-out frames) and a server-style submission (test frames)")
+    for d in ("predictions", "test_predictions"):
         shutil.rmtree(out / d, ignore_errors=True)
     _call(["predict", "--ckpt", str(ckpt), "--sequences", VAL, "--out", str(out / "predictions"), *roots])
     _call(["predict", "--ckpt", str(ckpt), "--sequences", TEST, "--out", str(out / "test_predictions"), "--zip",
            "--description", "ssckit demo: tiny Symphonies trained on synthetic data", *roots])
     shutil.move(out / "test_predictions" / "submission.zip", out / "submission.zip")
     _call(["validate-submission", str(out / "submission.zip"), "--data", str(data), "--partial"])
-
-    _step("4/5 official-style evaluation at 256x256x32: model and per-voxel-majority baseline")
-    baseline_predictions(data, out / "baseline_predictions")
-    _call(["evaluate", "--pred", str(out / "predictions"), "--data", str(data), "--sequences", VAL,
-           "--out", str(out / "scores.yaml")])
-    _call(["evaluate", "--pred", str(out / "baseline_predictions"), "--data", str(data), "--sequences", VAL,
-           "--out", str(out / "baseline_scores.yaml")])
-    model = yaml.safe_load((out / "scores.yaml").read_text())
-    baseline = yaml.safe_load((out / "baseline_scores.yaml").read_text())
-    print("\n" + comparison_table(model, baseline, SEMANTIC_KITTI.class_names))
 
     _step("5/5 renders of held-out frames")
     _call(["render", "--data", str(data), "--sequences", VAL, "--pred", str(out / "predictions"), "--frames", "2",
