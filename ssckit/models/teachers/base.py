@@ -7,6 +7,7 @@ with, and ``forward`` runs under ``torch.no_grad()``.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Sequence
 
 import numpy as np
@@ -27,7 +28,7 @@ NUM_PROMPTS = len(OUTDOOR_PROMPTS)
 FEATURE_STRIDE = 8
 
 
-class Teacher(nn.Module):
+class Teacher(nn.Module, ABC):
     """Frozen teacher: ``forward(left_image, frames=None) -> (features (B, C, h, w), logits (B, K, h, w))``.
 
     Args:
@@ -73,9 +74,10 @@ class Teacher(nn.Module):
                                f"expected ({b}, {self.feature_dim}, {h}, {w}) / ({b}, {self.num_classes}, {h}, {w})")
         return feats.float(), logits.float()
 
+    @abstractmethod
     def _predict(self, left_image: torch.Tensor,
                  frames: Sequence[FrameId] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """(B, 3, H, W) -> features (B, feature_dim, h, w), logits (B, num_classes, h, w); called under no_grad."""
 
 
 def feature_size_for(image_height: int, image_width: int) -> tuple[int, int]:
