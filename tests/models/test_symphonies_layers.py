@@ -133,3 +133,22 @@ def test_token_selection_pads_and_restores():
     x = torch.arange(10, dtype=torch.float32).view(2, 5, 1)
     out = scatter_selected_tokens(x, torch.full((2, 3, 1), -1.0), sel)
     assert out[..., 0].tolist() == [[0, -1, 2, -1, -1], [-1, 6, 7, 8, 9]]
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_corrected_squeeze_row_is_the_voxel_row_centre_for_both_reference_conventions(centred):
+    """z_offset_quirk=False: voxel (i, j, k) must sample the centre of squeezed row i*Z + k, whichever way the
+    3D references are normalised (official i/(S-1), or (i+0.5)/S with ref_normalize_quirk=False)."""
+    from ssckit.models.layers import DeformableSqueezeAttention
+
+    X, Y, Z = 5, 4, 3
+    attn = DeformableSqueezeAttention(8, 2, 1, 2, 0.0, True, z_offset_quirk=False, centred_refs=centred)
+    idx = torch.stack(torch.meshgrid(torch.arange(X), torch.arange(Y), torch.arange(Z), indexing="ij"), -1)
+    idx = idx.reshape(1, -1, 1, 3).double()
+    size = torch.tensor([X, Y, Z], dtype=torch.float64)
+    ref = (idx + 0.5) / size if centred else idx / (size - 1)
+    _, ref2d, shapes2d = attn.squeeze(torch.zeros(1, X * Y * Z, 8, dtype=torch.float64), ref,
+                                      torch.tensor([[X, Y, Z]]))
+    expected_row = (idx[..., 0] * Z + idx[..., 2] + 0.5) / (X * Z)
+    torch.testing.assert_close(ref2d[..., 1], expected_row)
+    assert shapes2d.tolist() == [[X * Z, Y]]

@@ -6,8 +6,8 @@ Conventions (documented once here):
 - Image features: L maps (B, C, h_l, w_l); instance queries (B, Q, C) with 2D anchors ``pred_pts`` (B, Q, 2)
   normalized (x, y) = (u/W, v/H).
 - 3D references are normalized (x, y, z) by (S - 1) (official, spec §14.6; ``ref_normalize_quirk``); image
-  references by (W, H). Note: the squeeze attention's corrected row (``z_offset_quirk=False``) assumes the (S - 1)
-  normalization, so ``ref_normalize_quirk=False`` is meant to be combined with the official ``z_offset_quirk``.
+  references by (W, H). The squeeze attention's corrected row (``z_offset_quirk=False``) follows whichever
+  normalization is in use.
 - Batch size > 1 works everywhere: FOV / proposal voxels are gathered per sample with padding
   (:mod:`ssckit.models.layers.token_select`), with no per-sample Python loops.
 
@@ -83,7 +83,7 @@ class SymphoniesLayer(nn.Module):
                  mlp_ratio: float = 4, dropout: float = 0.1, query_update: bool = True, use_queries: bool = True,
                  query_image_attn: bool = True, scene_query_attn: bool = True, scene_self_attn: bool = True,
                  query_scene_attn: bool = True, query_self_attn: bool = True, msda_identity: bool = True,
-                 z_offset_quirk: bool = True, stale_scene_values: bool = True):
+                 z_offset_quirk: bool = True, stale_scene_values: bool = True, centred_refs: bool = False):
         super().__init__()
         self.query_update = query_update and use_queries
         self.stale_scene_values = stale_scene_values
@@ -94,10 +94,11 @@ class SymphoniesLayer(nn.Module):
             embed_dims, num_heads, mlp_ratio=0) if use_queries and scene_query_attn else None
         self.scene_self_deform_attn = DeformableTransformerLayer(
             embed_dims, num_heads, 1, num_points * 2, mlp_ratio, dropout, msda_identity, squeeze=True,
-            z_offset_quirk=z_offset_quirk) if scene_self_attn else None
+            z_offset_quirk=z_offset_quirk, centred_refs=centred_refs) if scene_self_attn else None
         self.query_scene_cross_deform_attn = DeformableTransformerLayer(
             embed_dims, num_heads, 1, num_points * 2, 0, dropout, msda_identity, squeeze=True,
-            z_offset_quirk=z_offset_quirk) if self.query_update and query_scene_attn else None
+            z_offset_quirk=z_offset_quirk, centred_refs=centred_refs
+        ) if self.query_update and query_scene_attn else None
         self.query_self_attn = TransformerLayer(
             embed_dims, num_heads, mlp_ratio=mlp_ratio) if self.query_update and query_self_attn else None
 
@@ -170,7 +171,8 @@ class SymphoniesDecoder(nn.Module):
                             query_image_attn=query_image_attn, scene_query_attn=scene_query_attn,
                             scene_self_attn=scene_self_attn, query_scene_attn=query_scene_attn,
                             query_self_attn=query_self_attn, msda_identity=msda_identity,
-                            z_offset_quirk=z_offset_quirk, stale_scene_values=stale_scene_values)
+                            z_offset_quirk=z_offset_quirk, stale_scene_values=stale_scene_values,
+                            centred_refs=not ref_normalize_quirk)
             for i in range(num_layers)
         ])
         self.aspp = ASPP3D(embed_dims, aspp_dilations)

@@ -4,9 +4,10 @@ A level of shape (X, Y, Z), flattened x-major (index (x*Y + y)*Z + z), becomes a
 (row = x*Z + z) by Y columns. A normalized 3D reference (x, y, z) becomes the 2D reference (col, row):
 - ``z_offset_quirk=True`` (official): col = y, row = x + (z - 0.5) / Z. The official code divides by Z where X
   was meant, so the row drifts by up to Z/2 x-cells depending on z.
-- ``z_offset_quirk=False`` (corrected row): with the voxel indices i = x*(X-1), k = z*(Z-1) (the (S-1)
-  normalization of the Symphonies references), row = (i*Z + k + 0.5) / (X*Z), i.e. the centre of row i*Z + k.
-  The column stays y (the separate (S-1) vs centre convention of spec §14.6 is left as is).
+- ``z_offset_quirk=False`` (corrected row): with the voxel indices i, k recovered from the references
+  (i = x*(X-1), k = z*(Z-1) for the official (S-1) normalization; i = x*X - 0.5, k = z*Z - 0.5 with
+  ``centred_refs``, the (i+0.5)/S convention), row = (i*Z + k + 0.5) / (X*Z), i.e. the centre of row i*Z + k.
+  The column stays y.
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ class DeformableSqueezeAttention(nn.Module):
     """MSDA over squeezed 3D volumes; ``attns.0`` holds the MSDA parameters (official key layout)."""
 
     def __init__(self, embed_dims: int = 256, num_heads: int = 8, num_levels: int = 1, num_points: int = 4,
-                 dropout: float = 0.1, add_identity: bool = True, z_offset_quirk: bool = True):
+                 dropout: float = 0.1, add_identity: bool = True, z_offset_quirk: bool = True,
+                 centred_refs: bool = False):
         super().__init__()
         self.z_offset_quirk = z_offset_quirk
+        self.centred_refs = centred_refs  # references are (i + 0.5) / S instead of i / (S - 1)
         self.attns = nn.ModuleList([MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points,
                                                                   dropout, add_identity)])
 
@@ -44,7 +47,9 @@ class DeformableSqueezeAttention(nn.Module):
         if self.z_offset_quirk:
             row = x + (z - 0.5) / shp[:, 2]
         else:
-            row = (x * (shp[:, 0] - 1) * shp[:, 2] + z * (shp[:, 2] - 1) + 0.5) / (shp[:, 0] * shp[:, 2])
+            sx, sz = shp[:, 0], shp[:, 2]
+            i, k = (x * sx - 0.5, z * sz - 0.5) if self.centred_refs else (x * (sx - 1), z * (sz - 1))
+            row = (i * sz + k + 0.5) / (sx * sz)
         ref2d = torch.stack([y, row], dim=-1)
         shapes2d = torch.stack([spatial_shapes[:, 0] * spatial_shapes[:, 2], spatial_shapes[:, 1]], dim=-1)
         return value2d, ref2d, shapes2d

@@ -99,14 +99,14 @@ class DeformableTransformerLayer(nn.Module):
 
     def __init__(self, embed_dims: int, num_heads: int = 8, num_levels: int = 3, num_points: int = 4,
                  mlp_ratio: float = 4, dropout: float = 0.1, add_identity: bool = True, squeeze: bool = False,
-                 z_offset_quirk: bool = True, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
-                 act_layer: Callable[[], nn.Module] = nn.GELU):
+                 z_offset_quirk: bool = True, centred_refs: bool = False,
+                 norm_layer: Callable[[int], nn.Module] = nn.LayerNorm, act_layer: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
         self.norm1 = norm_layer(embed_dims)
         self.add_identity = add_identity
         if squeeze:
             self.attn: nn.Module = DeformableSqueezeAttention(embed_dims, num_heads, num_levels, num_points,
-                                                              dropout, add_identity, z_offset_quirk)
+                                                              dropout, add_identity, z_offset_quirk, centred_refs)
         else:
             self.attn = MultiScaleDeformableAttention(embed_dims, num_heads, num_levels, num_points, dropout,
                                                       add_identity)
