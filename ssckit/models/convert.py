@@ -97,16 +97,11 @@ def read_state_dict(path: str | Path, allow_pickle: bool = False) -> dict[str, T
     return dict(obj)
 
 
-def load_official_encoder_state(module: nn.Module, official_sd: Mapping[str, Tensor],
-                                allow_missing: bool = False) -> list[str]:
-    """Copy the ``encoder.*`` entries of an official state dict into a SymphoniesEncoder ``module``.
-
-    Keys outside ``encoder.`` (the decoder) are ignored. Fails with :class:`SsckitError` on an ``encoder.`` key
-    without a mapping, a mapped key the module lacks (except the unused FPN/mask-feature parts when the module was
-    built without them), a shape mismatch, nothing to load, or, unless ``allow_missing``, module entries left
-    unfilled (BN batch counters excepted). Returns the module keys that were not filled.
-    """
-    own = module.state_dict()
+def _map_encoder_entries(official_sd: Mapping[str, Tensor], own: Mapping[str, Tensor]
+                         ) -> tuple[dict[str, Tensor], list[str]]:
+    """The ``encoder.*`` entries of an official state dict mapped onto a SymphoniesEncoder state dict ``own``:
+    (encoder key -> tensor, problems). Deliberately dropped keys and the never-used FPN parts (when ``own`` was built
+    without them) are skipped silently; unmapped, unknown-target and mis-shaped keys are problems."""
     mapped: dict[str, Tensor] = {}
     problems: list[str] = []
     for key, val in official_sd.items():
@@ -127,6 +122,20 @@ def load_official_encoder_state(module: nn.Module, official_sd: Mapping[str, Ten
             problems.append(f"{key} -> {target}: shape {tuple(val.shape)} vs module {tuple(own[target].shape)}")
             continue
         mapped[target] = val
+    return mapped, problems
+
+
+def load_official_encoder_state(module: nn.Module, official_sd: Mapping[str, Tensor],
+                                allow_missing: bool = False) -> list[str]:
+    """Copy the ``encoder.*`` entries of an official state dict into a SymphoniesEncoder ``module``.
+
+    Keys outside ``encoder.`` (the decoder) are ignored. Fails with :class:`SsckitError` on an ``encoder.`` key
+    without a mapping, a mapped key the module lacks (except the unused FPN/mask-feature parts when the module was
+    built without them), a shape mismatch, nothing to load, or, unless ``allow_missing``, module entries left
+    unfilled (BN batch counters excepted). Returns the module keys that were not filled.
+    """
+    own = module.state_dict()
+    mapped, problems = _map_encoder_entries(official_sd, own)
     missing = [k for k in own if k not in mapped]
     if not allow_missing:
         problems += [f"missing {k}" for k in missing if not k.endswith("num_batches_tracked")]
@@ -151,27 +160,18 @@ def convert_official_symphonies(official_sd: Mapping[str, Tensor], model: nn.Mod
     from ssckit.models.decoders.symphonies import OFFICIAL_DERIVED_BUFFERS, official_decoder_key
 
     own = model.state_dict()
-    out: dict[str, Tensor] = {}
-    problems: list[str] = []
+    encoder, problems = _map_encoder_entries(
+        official_sd, {k.removeprefix("encoder."): v for k, v in own.items() if k.startswith("encoder.")})
+    out: dict[str, Tensor] = {f"encoder.{k}": v for k, v in encoder.items()}
     for key, val in official_sd.items():
         if key.startswith("encoder."):
-            try:
-                target = map_official_encoder_key(key)
-            except KeyError:
-                problems.append(f"unmapped {key}")
-                continue
-            if target is None:
-                continue
-            if target.startswith(OPTIONAL_ENCODER_PREFIXES) and "encoder." + target not in own:
-                continue  # never-used FPN step, not built (build_unused=False)
-            target = "encoder." + target
-        elif key.startswith("decoder."):
-            if key.removeprefix("decoder.") in OFFICIAL_DERIVED_BUFFERS:
-                continue
-            target = "decoder." + official_decoder_key(key)
-        else:
+            continue
+        if not key.startswith("decoder."):
             problems.append(f"unmapped {key}")
             continue
+        if key.removeprefix("decoder.") in OFFICIAL_DERIVED_BUFFERS:
+            continue
+        target = "decoder." + official_decoder_key(key)
         if target not in own:
             problems.append(f"{key} -> {target}: not in the ssckit model")
         elif own[target].shape != val.shape:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 from ssckit.errors import DataError
@@ -89,18 +88,9 @@ class ResNetBackbone(nn.Module):
         Accepts a raw state dict or one wrapped under ``state_dict``/``model``, with an optional ``module.`` or
         ``backbone.`` prefix. Any missing, unexpected or mis-shaped key raises :class:`DataError`.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise DataError(path, "pretrained ResNet weights not found")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is a user error naming the file
-            raise DataError(path, f"cannot read as a torch state dict ({e})") from e
-        for wrapper in ("state_dict", "model"):
-            if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-                obj = obj[wrapper]
-        if not isinstance(obj, dict):
-            raise DataError(path, "expected a state dict (a mapping of names to tensors)")
+        from ssckit.models.convert import read_state_dict
+
+        obj = read_state_dict(path)
         sd: dict[str, Tensor] = {}
         for key, val in obj.items():
             for prefix in ("module.", "backbone."):
